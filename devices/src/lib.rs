@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: Apache-2.0
+//! ferry's device models. A device knows guest memory and its backend,
+//! never KVM: the VMM wires its registers to a [`bus::Bus`] and its
+//! interrupts (eventfds) to KVM.
+
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod control;
+pub mod irq;
+pub mod legacy;
+pub mod vm_end;

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Builds the test guest into resources/out/ from Debian packages only:
+#   out/vmlinuz         the stock Debian cloud kernel (bzImage)
+#   out/initramfs.cpio.gz  busybox-static, the kernel modules the guest needs, and /init
+# Needs: apt-get (with lists updated), dpkg, cpio, gzip, kmod (depmod), busybox-static.
+# Re-running it with nothing changed only checks the inputs and exits.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+out=$here/out
+mkdir -p "$out"
+
+for t in apt-cache apt-get dpkg cpio gzip depmod; do
+  command -v "$t" >/dev/null || { echo "build-guest: $t missing (apt-get install -y cpio kmod)" >&2; exit 1; }
+done
+[ -x /bin/busybox ] || { echo "build-guest: /bin/busybox missing (apt-get install -y busybox-static)" >&2; exit 1; }
+
+# The newest cloud kernel package that linux-image-cloud-amd64 points at.
+pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[ -n "$pkg" ] || { echo "build-guest: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
+
+# Everything that shapes the output goes into one stamp; same stamp, nothing to do.
+modules="virtio virtio_ring virtio_mmio failover net_failover virtio_net virtio_blk pvpanic pvpanic_mmio ext4"
+stamp="$pkg $(sha256sum "$here/init" /bin/busybox "$0" | sha256sum | cut -c1-16) $modules"
+if [ -s "$out/initramfs.cpio.gz" ] && [ -s "$out/vmlinuz" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
+  echo "build-guest: $out is up to date ($pkg)"
+  exit 0
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+chmod 755 "$tmp"   # apt-get download drops privileges to _apt
+deb=$(ls "$out/$pkg"_*.deb 2>/dev/null | head -n1 || true)
+if [ -z "$deb" ]; then
+  (cd "$tmp" && apt-get download "$pkg" >/dev/null) || { echo "build-guest: apt-get download $pkg failed" >&2; exit 1; }
+  rm -f "$out"/linux-image-*.deb
+  mv "$tmp/$pkg"_*.deb "$out/"
+  deb=$(ls "$out/$pkg"_*.deb | head -n1)
+fi
+dpkg -x "$deb" "$tmp/x"
+kver=$(ls "$tmp/x/lib/modules")
+moddir=$tmp/x/lib/modules/$kver
+depmod -b "$tmp/x" "$kver"
+
+root=$tmp/root
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,mnt,lib/modules}
+cp /bin/busybox "$root/bin/busybox"
+ln -s busybox "$root/bin/sh"
+cp "$here/init" "$root/init"
+chmod +x "$root/init"
+
+# Load order: each module after the modules it depends on (modules.dep).
+declare -A seen=()
+order=()
+visit() {
+  local p=$1
+  [ -n "${seen[$p]:-}" ] && return 0
+  seen[$p]=1
+  local d
+  for d in $(awk -F': *' -v p="$p" '$1==p {print $2; exit}' "$moddir/modules.dep" | tr ' ' '\n' | tac); do visit "$d"; done
+  order+=("$p")
+}
+for m in $modules; do
+  p=$(awk -F: -v m="/${m//_/[-_]}.ko" '$1 ~ m"(\\.xz|\\.zst|\\.gz)?$" {print $1; exit}' "$moddir/modules.dep")
+  if [ -z "$p" ]; then
+    # Built into this kernel: nothing to load.
+    grep -q "/${m//_/[-_]}.ko" "$moddir/modules.builtin" && continue
+    echo "build-guest: module $m not found in $pkg" >&2; exit 1
+  fi
+  visit "$p"
+done
+for p in "${order[@]}"; do
+  f=$(basename "$p")
+  case "$f" in
+    *.xz) xz -dc "$moddir/$p" > "$root/lib/modules/${f%.xz}"; f=${f%.xz} ;;
+    *.zst) zstd -dqc "$moddir/$p" > "$root/lib/modules/${f%.zst}"; f=${f%.zst} ;;
+    *) cp "$moddir/$p" "$root/lib/modules/$f" ;;
+  esac
+  echo "$f"
+done > "$root/lib/modules/order"
+
+(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) > "$out/initramfs.cpio.gz.new"
+cp "$tmp/x/boot/vmlinuz-$kver" "$out/vmlinuz"
+mv "$out/initramfs.cpio.gz.new" "$out/initramfs.cpio.gz"
+echo "$stamp" > "$out/stamp"
+echo "build-guest: built $out ($pkg, modules: $(tr '\n' ' ' < "$root/lib/modules/order"))"

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The default kernel command line: serial console, reboot through the
+/// keyboard controller, reboot at once on panic, no PCI, no slow i8042 probe.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// Boot a Linux guest on KVM, networked through passt.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, after_help = EXIT_STATUS_HELP)]
+pub struct Cli {
+    /// Guest kernel: a bzImage or an ELF vmlinux.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initramfs to load next to the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line (replaces the default).
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+
+    /// Number of vCPUs (1-254).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub memory: u64,
+
+    /// Where the guest's serial console goes: `stdio` (output to stdout,
+    /// input from stdin), `file:PATH` (output appended to PATH), or `none`.
+    #[arg(long, value_name = "stdio|file:PATH|none", default_value = "stdio")]
+    pub console: String,
+
+    /// Run even though /dev/kvm is PVM (only for guest kernels built for PVM).
+    #[arg(long)]
+    pub allow_pvm: bool,
+
+    /// ferry's own log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "warn", value_parser = parse_level)]
+    pub log_level: log::LevelFilter,
+}
+
+/// The exit statuses, shown at the end of `--help`.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0        the guest powered off (or wrote 0 to the exit-status register)
+  N        the guest wrote N to the exit-status register at 0xd0000000
+  2        bad command line or configuration (kernel, initrd, sizes)
+  3        KVM is not usable here (/dev/kvm missing, no permission, PVM)
+  4        ferry or KVM failed while the guest ran
+  80       the guest reset or rebooted (also a panic with panic=-1 and no pvpanic)
+  81       the guest kernel panicked (pvpanic)
+  128+N    ferry was stopped by signal N";
+
+/// Parses a log level name.
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse()
+        .map_err(|_| format!("unknown log level {s:?}: use error, warn, info, debug or trace"))
+}

@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Building and running the VM, one small step after another:
+//! KVM → memory → devices → kernel and boot tables → vCPUs → event loop.
+
+use std::io::stdin;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_boot::acpi::{self, AcpiDevice, AcpiRegisters};
+use ferry_boot::layout::{
+    ACPI_RESET_VALUE, ACPI_SLEEP_PORT, BOOT_MARKER_ADDR, CONTROL_DEVICE_SIZE, EXIT_DEVICE_ADDR,
+    KVM_TSS_ADDR, PVPANIC_ADDR,
+};
+use ferry_boot::{bootparams, kernel, regs, GuestMemory};
+use ferry_devices::bus::{self, Bus};
+use ferry_devices::control::{AcpiSleep, BootMarker, ExitStatus, PvPanic};
+use ferry_devices::irq::IrqLine;
+use ferry_devices::legacy::{i8042, serial, Serial, I8042};
+use ferry_devices::vm_end::{ExitReason, VmEnd};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::config::{Console, VmConfig};
+use crate::console::{self, ConsoleInput, RawTerminal};
+use crate::event_loop::{self, EventLoop};
+use crate::{kvm, memory, vcpu};
+
+/// Errors while building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// KVM is not usable.
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+    /// More vCPUs than KVM allows.
+    #[error("--cpus {asked}: KVM on this host allows at most {max} vCPUs")]
+    TooManyCpus {
+        /// What was asked for.
+        asked: u32,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// A VM-wide KVM call failed.
+    #[error("{0} failed")]
+    VmSetup(&'static str, #[source] kvm_ioctls::Error),
+    /// Guest memory could not be set up.
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    /// The kernel or initramfs could not be loaded.
+    #[error("cannot load the {0}")]
+    Load(&'static str, #[source] kernel::Error),
+    /// The boot parameters could not be written.
+    #[error(transparent)]
+    BootParams(#[from] bootparams::Error),
+    /// The ACPI tables could not be written.
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
+    /// The boot page tables could not be written.
+    #[error(transparent)]
+    BootTables(#[from] regs::Error),
+    /// A device could not be placed on its bus.
+    #[error(transparent)]
+    Bus(#[from] bus::Error),
+    /// An eventfd or other descriptor could not be created.
+    #[error("cannot create {0}")]
+    Resource(&'static str, #[source] std::io::Error),
+    /// The console output could not be opened.
+    #[error("cannot open the console output")]
+    ConsoleOutput(#[source] std::io::Error),
+    /// A vCPU could not be set up or started.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    /// The event loop failed.
+    #[error(transparent)]
+    EventLoop(#[from] event_loop::Error),
+}
+
+impl Error {
+    /// Whether the user's input (kernel, initrd, sizes) is at fault rather than the host.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::TooManyCpus { .. }
+                | Error::Load(..)
+                | Error::BootParams(
+                    bootparams::Error::CmdlineTooLong { .. } | bootparams::Error::CmdlineInvalid
+                )
+                | Error::Acpi(acpi::Error::TooManyCpus(_))
+                | Error::ConsoleOutput(_)
+        )
+    }
+
+    /// Whether KVM itself is missing or unusable.
+    pub fn is_kvm_unavailable(&self) -> bool {
+        matches!(self, Error::Kvm(_))
+    }
+}
+
+/// How long vCPU threads get to leave KVM_RUN once the VM has ended.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Creates the VM with its in-kernel interrupt controllers and timer.
+fn create_vm(kvm: &Kvm, cpus: u32) -> Result<VmFd, Error> {
+    let max = kvm.get_max_vcpus();
+    if cpus as usize > max {
+        return Err(Error::TooManyCpus { asked: cpus, max });
+    }
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::VmSetup("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(|e| Error::VmSetup("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| Error::VmSetup("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| Error::VmSetup("KVM_CREATE_PIT2", e))?;
+    Ok(vm)
+}
+
+/// The devices of a VM, on their buses.
+struct Devices {
+    io_bus: Bus,
+    mmio_bus: Bus,
+    serial: Arc<Mutex<Serial>>,
+    acpi: Vec<AcpiDevice>,
+}
+
+/// Creates the legacy and control devices and wires their interrupts to KVM.
+fn create_devices(
+    vm: &VmFd,
+    console: &Console,
+    vm_end: &Arc<VmEnd>,
+    start: Instant,
+) -> Result<Devices, Error> {
+    let mut io_bus = Bus::new();
+    let mut mmio_bus = Bus::new();
+
+    let irq =
+        IrqLine::new(serial::COM1_IRQ).map_err(|e| Error::Resource("the serial interrupt", e))?;
+    vm.register_irqfd(irq.event(), irq.gsi())
+        .map_err(|e| Error::VmSetup("KVM_IRQFD (serial)", e))?;
+    let output = console::output(console).map_err(Error::ConsoleOutput)?;
+    let serial = Arc::new(Mutex::new(Serial::new(irq, output)));
+    io_bus.insert(serial::COM1_PORT.into(), serial::COM1_LEN, serial.clone())?;
+    io_bus.insert(
+        i8042::I8042_PORT.into(),
+        i8042::I8042_LEN,
+        Arc::new(Mutex::new(I8042::new(vm_end.clone()))),
+    )?;
+    io_bus.insert(
+        ACPI_SLEEP_PORT.into(),
+        1,
+        Arc::new(Mutex::new(AcpiSleep::new(vm_end.clone(), ACPI_RESET_VALUE))),
+    )?;
+
+    mmio_bus.insert(
+        EXIT_DEVICE_ADDR,
+        CONTROL_DEVICE_SIZE,
+        Arc::new(Mutex::new(ExitStatus::new(vm_end.clone()))),
+    )?;
+    mmio_bus.insert(
+        BOOT_MARKER_ADDR,
+        CONTROL_DEVICE_SIZE,
+        Arc::new(Mutex::new(BootMarker::new(start))),
+    )?;
+    mmio_bus.insert(
+        PVPANIC_ADDR,
+        CONTROL_DEVICE_SIZE,
+        Arc::new(Mutex::new(PvPanic::new(vm_end.clone()))),
+    )?;
+    let acpi = vec![
+        // Hardware-reduced ACPI has no legacy PIC, so the guest maps COM1's
+        // interrupt only if the DSDT describes the port.
+        AcpiDevice {
+            hid: "PNP0501",
+            registers: AcpiRegisters::Io(serial::COM1_PORT, serial::COM1_LEN as u8),
+            irq: Some(serial::COM1_IRQ),
+        },
+        AcpiDevice {
+            hid: "QEMU0001",
+            registers: AcpiRegisters::Mmio(PVPANIC_ADDR as u32, 2),
+            irq: None,
+        },
+    ];
+    Ok(Devices {
+        io_bus,
+        mmio_bus,
+        serial,
+        acpi,
+    })
+}
+
+/// Loads the kernel and initramfs and writes every boot table; returns the entry point.
+fn load_guest(
+    mem: &GuestMemory,
+    config: &mut VmConfig,
+    devices: &[AcpiDevice],
+) -> Result<vm_memory::GuestAddress, Error> {
+    let kernel =
+        kernel::load_kernel(mem, &mut config.kernel).map_err(|e| Error::Load("kernel", e))?;
+    let initrd = match config.initrd.as_mut() {
+        Some(file) => Some(
+            kernel::load_initrd(mem, config.mem_size, &kernel, file)
+                .map_err(|e| Error::Load("initrd", e))?,
+        ),
+        None => None,
+    };
+    bootparams::write_boot_params(
+        mem,
+        config.mem_size,
+        &kernel,
+        initrd.as_ref(),
+        &config.cmdline,
+    )?;
+    acpi::write_acpi_tables(mem, config.cpus, devices)?;
+    regs::write_boot_tables(mem)?;
+    Ok(kernel.entry)
+}
+
+/// Boots the guest described by `config` and runs it until it ends.
+/// `start` is ferry's start, for the boot-time marker.
+pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
+    let kvm = kvm::open(config.allow_pvm)?;
+    let vm = create_vm(&kvm, config.cpus)?;
+    let mem = memory::create(&vm, config.mem_size)?;
+    let vm_end = Arc::new(VmEnd::new().map_err(|e| Error::Resource("the VM end event", e))?);
+    let devices = create_devices(&vm, &config.console, &vm_end, start)?;
+    let entry = load_guest(&mem, &mut config, &devices.acpi)?;
+
+    // Before any vCPU thread starts: they inherit the blocked stop signals.
+    let mut event_loop = EventLoop::new(vm_end.clone())?;
+    let _raw_terminal = if config.console == Console::Stdio {
+        let input = ConsoleInput::new(devices.serial.clone())
+            .map_err(|e| Error::Resource("the console timer", e))?;
+        event_loop.add(Arc::new(Mutex::new(input)));
+        RawTerminal::enter(stdin().as_raw_fd())
+    } else {
+        None
+    };
+
+    vcpu::install_kick_handler()?;
+    let io_bus = Arc::new(devices.io_bus);
+    let mmio_bus = Arc::new(devices.mmio_bus);
+    let mut vcpus = Vec::new();
+    for id in 0..config.cpus {
+        vcpus.push(vcpu::Vcpu::new(
+            &kvm,
+            &vm,
+            id,
+            config.cpus,
+            entry,
+            io_bus.clone(),
+            mmio_bus.clone(),
+            vm_end.clone(),
+        )?);
+    }
+    let mut threads = Vec::new();
+    for vcpu in vcpus {
+        match vcpu.start() {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                vm_end.request(ExitReason::Failure(e.to_string()));
+                break;
+            }
+        }
+    }
+
+    let outcome = event_loop.run();
+    if outcome.is_err() {
+        vm_end.request(ExitReason::Failure("the event loop failed".into()));
+    }
+    vcpu::stop_all(threads, VCPU_STOP_TIMEOUT);
+    // Guest memory outlives every vCPU: it is dropped only here.
+    drop(mem);
+    Ok(outcome?)
+}
