@@ -1,1 +1,255 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Command-line and bad-input tests: each mistake gives a one-line error
+//! and the documented exit status, before or without any guest running.
+//! They need no usable KVM, so they run on every host.
 
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{guest_file, run, Outcome, FERRY};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const BAD_CONFIG: i32 = 2;
+const KVM_UNAVAILABLE: i32 = 3;
+
+fn ferry(args: &[&str]) -> Outcome {
+    let mut cmd = Command::new(FERRY);
+    cmd.args(args);
+    run(cmd, TIMEOUT)
+}
+
+/// A scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Asserts a clean failure: the status, one error line naming `needle`, no panic.
+fn assert_error(out: &Outcome, status: i32, needle: &str) {
+    assert_eq!(out.status, Some(status), "{}", out.describe());
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("ferry: error:"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected one error line: {}",
+        out.describe()
+    );
+    assert!(
+        errors[0].contains(needle),
+        "error should mention {needle:?}: {}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+}
+
+fn kernel() -> String {
+    guest_file("vmlinuz").unwrap().display().to_string()
+}
+
+#[test]
+fn help_documents_every_option_and_the_exit_statuses() {
+    let out = ferry(&["--help"]);
+    assert_eq!(out.status, Some(0));
+    for option in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--console",
+        "--log-level",
+    ] {
+        assert!(out.stdout.contains(option), "--help lacks {option}");
+    }
+    assert!(out.stdout.contains("Exit status:"));
+}
+
+#[test]
+fn missing_kernel_is_a_clear_error() {
+    let out = ferry(&["--kernel", "/nonexistent/vmlinuz"]);
+    assert_error(
+        &out,
+        BAD_CONFIG,
+        "cannot open the kernel /nonexistent/vmlinuz",
+    );
+}
+
+#[test]
+fn a_directory_is_not_a_kernel() {
+    let out = ferry(&["--kernel", "/"]);
+    assert_error(&out, BAD_CONFIG, "not a regular file");
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_refused() {
+    let dir = scratch("notakernel");
+    let path = dir.join("vmlinuz");
+    std::fs::write(&path, vec![0x42u8; 64 * 1024]).unwrap();
+    let out = ferry(&["--kernel", path.to_str().unwrap()]);
+    assert_error(&out, BAD_CONFIG, "not a Linux kernel");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_initrd_too_large_for_memory_is_refused() {
+    let dir = scratch("biginitrd");
+    let path = dir.join("initrd");
+    // Sparse: 64 MiB that take no disk space, for a 32 MiB guest.
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(64 << 20).unwrap();
+    let out = ferry(&[
+        "--kernel",
+        &kernel(),
+        "--initrd",
+        path.to_str().unwrap(),
+        "--memory",
+        "32",
+    ]);
+    assert_error(&out, BAD_CONFIG, "does not fit in guest memory");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn zero_or_too_many_vcpus_are_refused() {
+    let k = kernel();
+    assert_error(
+        &ferry(&["--kernel", &k, "--cpus", "0"]),
+        BAD_CONFIG,
+        "--cpus 0",
+    );
+    assert_error(
+        &ferry(&["--kernel", &k, "--cpus", "255"]),
+        BAD_CONFIG,
+        "--cpus 255",
+    );
+}
+
+#[test]
+fn absurd_memory_sizes_are_refused() {
+    let k = kernel();
+    assert_error(
+        &ferry(&["--kernel", &k, "--memory", "0"]),
+        BAD_CONFIG,
+        "--memory 0",
+    );
+    assert_error(
+        &ferry(&["--kernel", &k, "--memory", "1"]),
+        BAD_CONFIG,
+        "--memory 1",
+    );
+    assert_error(
+        &ferry(&["--kernel", &k, "--memory", "1000000000"]),
+        BAD_CONFIG,
+        "--memory 1000000000",
+    );
+    // Not a number: clap's own usage error, status 2 as well.
+    let out = ferry(&["--kernel", &k, "--memory", "lots"]);
+    assert_eq!(out.status, Some(BAD_CONFIG));
+    assert!(out.stderr.contains("--memory"), "{}", out.describe());
+}
+
+#[test]
+fn a_bad_console_spec_is_refused() {
+    let out = ferry(&["--kernel", &kernel(), "--console", "tty"]);
+    assert_error(&out, BAD_CONFIG, "--console tty");
+}
+
+#[test]
+fn an_overlong_command_line_is_refused() {
+    let long = "x".repeat(5000);
+    let out = ferry(&["--kernel", &kernel(), "--cmdline", &long]);
+    assert_error(&out, BAD_CONFIG, "command line");
+}
+
+#[test]
+fn a_pvm_dev_kvm_is_named_as_such() {
+    let out = ferry(&[
+        "--kernel",
+        &kernel(),
+        "--console",
+        "none",
+        "--cmdline",
+        "panic=-1",
+    ]);
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert_error(&out, KVM_UNAVAILABLE, "PVM");
+    } else {
+        assert!(!out.stderr.contains("PVM"), "{}", out.describe());
+    }
+}
+
+/// Whether this test runs as root (needed to take /dev/kvm away or drop to nobody).
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+#[test]
+fn no_permission_on_dev_kvm_is_a_clear_error() {
+    if !is_root() {
+        // As an ordinary user, /dev/kvm's own permissions decide; check the message if they deny.
+        let out = ferry(&["--kernel", &kernel(), "--console", "none"]);
+        if out.stderr.contains("permission") {
+            assert_error(&out, KVM_UNAVAILABLE, "no permission to open /dev/kvm");
+        }
+        return;
+    }
+    let dir = scratch("perm");
+    // A copy of the kernel that nobody may read too.
+    let k = dir.join("vmlinuz");
+    std::fs::copy(kernel(), &k).unwrap();
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        FERRY,
+        "--kernel",
+    ])
+    .arg(&k)
+    .args(["--console", "none"]);
+    let out = run(cmd, TIMEOUT);
+    std::fs::remove_dir_all(dir).unwrap();
+    let mode = std::fs::metadata("/dev/kvm")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    if mode.map(|m| m & 0o006 == 0).unwrap_or(false) {
+        assert_error(&out, KVM_UNAVAILABLE, "no permission to open /dev/kvm");
+    } else {
+        assert!(!out.stderr.contains("no permission"), "{}", out.describe());
+    }
+}
+
+#[test]
+fn a_missing_dev_kvm_is_a_clear_error() {
+    if !is_root() {
+        eprintln!("a_missing_dev_kvm_is_a_clear_error: needs root to hide /dev/kvm; checked in CI");
+        return;
+    }
+    // A private mount namespace with an empty /dev: no /dev/kvm there.
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /dev && exec \"$0\" \"$@\"",
+        FERRY,
+        "--kernel",
+    ])
+    .arg(kernel())
+    .args(["--console", "none"]);
+    let out = run(cmd, TIMEOUT);
+    assert_error(&out, KVM_UNAVAILABLE, "/dev/kvm does not exist");
+}

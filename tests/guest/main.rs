@@ -1,1 +1,242 @@
-fn main() {}
+// SPDX-License-Identifier: Apache-2.0
+//! Guest tests: boot the real test guest (resources/out/) under KVM and
+//! judge ferry by its exit status, its console and its log.
+//!
+//! Where /dev/kvm can run a stock guest, the tests run right here. Where it
+//! cannot (a PVM /dev/kvm, as on the project's build machines), this binary
+//! runs itself once inside `../shared/kvm-host/run-in-kvm-host`, whose
+//! /dev/kvm is ordinary KVM, and reports that run. Any other case fails
+//! with a message: the guest tests never skip.
+//!
+//! Each boot has a watchdog. Nested KVM under emulation now and then
+//! freezes or resets a guest, so a run that stalls, or resets when the test
+//! did not ask for it, is retried once and logged as retried; a second
+//! failure is a failure.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{guest_file, repo_root, Outcome, FERRY};
+
+/// Set (to anything) in the environment of the run inside kvm-host.
+const INSIDE_ENV: &str = "FERRY_GUEST_TESTS_INSIDE";
+/// Overrides the kvm-host script's location.
+const KVM_HOST_ENV: &str = "FERRY_KVM_HOST";
+/// The kvm-host run's time limit: 2-3 times a whole run of the tests.
+const KVM_HOST_LIMIT_SECS: u64 = 1500;
+
+/// Exit statuses ferry documents.
+pub const GUEST_RESET: i32 = 80;
+
+/// The default kernel command line, as ferry's.
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// One guest boot: ferry's arguments, the command the guest's init runs.
+#[derive(Debug)]
+pub struct Boot {
+    args: Vec<String>,
+    guest_cmd: String,
+    timeout: Duration,
+    expect_reset: bool,
+}
+
+impl Boot {
+    /// A boot of the test guest that runs `guest_cmd` (a shell command) and
+    /// ends the VM with its status.
+    pub fn new(guest_cmd: &str) -> Self {
+        Self {
+            args: Vec::new(),
+            guest_cmd: guest_cmd.to_string(),
+            timeout: Duration::from_secs(150),
+            expect_reset: false,
+        }
+    }
+
+    /// Adds ferry arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The test expects the guest to reset (no retry on status 80).
+    pub fn expect_reset(mut self) -> Self {
+        self.expect_reset = true;
+        self
+    }
+
+    fn command(&self) -> Result<Command, String> {
+        let mut cmd = Command::new(FERRY);
+        cmd.arg("--kernel")
+            .arg(guest_file("vmlinuz")?)
+            .arg("--initrd")
+            .arg(guest_file("initramfs.cpio.gz")?)
+            .arg("--log-level")
+            .arg("info")
+            .arg("--cmdline")
+            .arg(format!("{BASE_CMDLINE} -- {}", self.guest_cmd))
+            .args(&self.args);
+        Ok(cmd)
+    }
+
+    /// Boots, retrying once a run that stalled or reset unasked.
+    pub fn run(&self) -> Result<Outcome, String> {
+        let first = common::run(self.command()?, self.timeout);
+        let flaked = first.timed_out || (!self.expect_reset && first.status == Some(GUEST_RESET));
+        if !flaked {
+            return Ok(first);
+        }
+        eprintln!(
+            "    RETRY: the guest {} (a known hazard of nested KVM); retrying once",
+            if first.timed_out {
+                "stalled"
+            } else {
+                "reset unasked"
+            }
+        );
+        Ok(common::run(self.command()?, self.timeout))
+    }
+}
+
+/// Fails with `out`'s account unless `cond` holds.
+pub fn check(cond: bool, what: &str, out: &Outcome) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(format!("{what}\n{}", out.describe()))
+    }
+}
+
+/// A guest test.
+#[derive(Debug)]
+pub struct Test {
+    /// Its name.
+    pub name: &'static str,
+    /// Its body.
+    pub run: fn() -> Result<(), String>,
+}
+
+/// Why KVM here cannot boot a stock guest, if it cannot.
+fn kvm_unusable_here() -> Option<String> {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Some("/dev/kvm is PVM (kvm_pvm), which boots only PVM-built kernels".into());
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm cannot be opened: {e}")),
+    }
+}
+
+fn kvm_host_script() -> PathBuf {
+    std::env::var_os(KVM_HOST_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let shared = repo_root().join("../shared");
+            shared.canonicalize().unwrap_or(shared).join("kvm-host/run-in-kvm-host")
+        })
+}
+
+/// Runs this binary inside kvm-host; retries once if kvm-host itself timed out or failed.
+fn run_inside_kvm_host(why: &str, filter: &[String]) -> i32 {
+    let script = kvm_host_script();
+    if !script.exists() {
+        eprintln!(
+            "guest tests: {why}, and {} is missing: no KVM that can boot the test guest",
+            script.display()
+        );
+        return 1;
+    }
+    eprintln!(
+        "guest tests: {why}; running them inside {}",
+        script.display()
+    );
+    let me = std::env::current_exe().expect("the test binary's path");
+    for attempt in 1..=2 {
+        let started = Instant::now();
+        let status = Command::new(&script)
+            .current_dir(repo_root())
+            .args(["-t", &KVM_HOST_LIMIT_SECS.to_string(), "--"])
+            .arg(&me)
+            .args(filter)
+            .env(INSIDE_ENV, "1")
+            .status();
+        let code = match status {
+            Ok(s) => s.code().unwrap_or(1),
+            Err(e) => {
+                eprintln!("guest tests: cannot run {}: {e}", script.display());
+                return 1;
+            }
+        };
+        if (code == 124 || code == 125) && attempt == 1 {
+            eprintln!(
+                "guest tests: RETRY: kvm-host ended with {code} after {:.0} s; retrying once",
+                started.elapsed().as_secs_f64()
+            );
+            continue;
+        }
+        return code;
+    }
+    1
+}
+
+/// Runs the tests whose names contain one of `filter` (all if empty); returns the exit status.
+fn run_here(filter: &[String]) -> i32 {
+    let selected: Vec<&Test> = tests::ALL
+        .iter()
+        .filter(|t| filter.is_empty() || filter.iter().any(|f| t.name.contains(f.as_str())))
+        .collect();
+    println!("running {} guest tests", selected.len());
+    let (mut passed, mut failed) = (0, Vec::new());
+    for test in selected {
+        let started = Instant::now();
+        match (test.run)() {
+            Ok(()) => {
+                passed += 1;
+                println!(
+                    "test {} ... ok ({:.1} s)",
+                    test.name,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(msg) => {
+                println!(
+                    "test {} ... FAILED ({:.1} s)\n{msg}\n",
+                    test.name,
+                    started.elapsed().as_secs_f64()
+                );
+                failed.push(test.name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        println!("failed guest tests: {}", failed.join(", "));
+    }
+    println!("guest: {passed} passed, {} failed", failed.len());
+    i32::from(!failed.is_empty())
+}
+
+fn main() {
+    // cargo test passes its own flags; the rest are name filters.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let code = if std::env::var_os(INSIDE_ENV).is_some() {
+        run_here(&filter)
+    } else {
+        match kvm_unusable_here() {
+            None => run_here(&filter),
+            Some(why) => run_inside_kvm_host(&why, &filter),
+        }
+    };
+    std::process::exit(code);
+}

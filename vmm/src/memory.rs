@@ -32,17 +32,20 @@ pub enum Error {
     HostAddress(#[source] vm_memory::GuestMemoryError),
 }
 
-/// Maps `mem_size` bytes of guest RAM (split around the MMIO gap) and
-/// registers every region with `vm`.
-pub fn create(vm: &VmFd, mem_size: u64) -> Result<GuestMemory, Error> {
+/// Maps `mem_size` bytes of guest RAM, split around the MMIO gap.
+pub fn map(mem_size: u64) -> Result<GuestMemory, Error> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))
         .collect();
-    let mem = GuestMemory::from_ranges(&ranges).map_err(|source| Error::Map {
+    GuestMemory::from_ranges(&ranges).map_err(|source| Error::Map {
         mib: mem_size >> 20,
         source,
-    })?;
+    })
+}
+
+/// Registers every region of `mem` with `vm` as a memory slot.
+pub fn register(vm: &VmFd, mem: &GuestMemory) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let host = region
@@ -60,5 +63,5 @@ pub fn create(vm: &VmFd, mem_size: u64) -> Result<GuestMemory, Error> {
         unsafe { vm.set_user_memory_region(desc) }
             .map_err(|source| Error::Register { slot, source })?;
     }
-    Ok(mem)
+    Ok(())
 }

@@ -194,12 +194,8 @@ fn create_devices(
     })
 }
 
-/// Loads the kernel and initramfs and writes every boot table; returns the entry point.
-fn load_guest(
-    mem: &GuestMemory,
-    config: &mut VmConfig,
-    devices: &[AcpiDevice],
-) -> Result<vm_memory::GuestAddress, Error> {
+/// Loads the kernel and initramfs and writes the zero page; returns the entry point.
+fn load_guest(mem: &GuestMemory, config: &mut VmConfig) -> Result<vm_memory::GuestAddress, Error> {
     let kernel =
         kernel::load_kernel(mem, &mut config.kernel).map_err(|e| Error::Load("kernel", e))?;
     let initrd = match config.initrd.as_mut() {
@@ -216,20 +212,23 @@ fn load_guest(
         initrd.as_ref(),
         &config.cmdline,
     )?;
-    acpi::write_acpi_tables(mem, config.cpus, devices)?;
-    regs::write_boot_tables(mem)?;
     Ok(kernel.entry)
 }
 
 /// Boots the guest described by `config` and runs it until it ends.
 /// `start` is ferry's start, for the boot-time marker.
 pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
+    // The guest first, so that a bad kernel or initrd is reported whatever the host's KVM.
+    let mem = memory::map(config.mem_size)?;
+    let entry = load_guest(&mem, &mut config)?;
+
     let kvm = kvm::open(config.allow_pvm)?;
     let vm = create_vm(&kvm, config.cpus)?;
-    let mem = memory::create(&vm, config.mem_size)?;
+    memory::register(&vm, &mem)?;
     let vm_end = Arc::new(VmEnd::new().map_err(|e| Error::Resource("the VM end event", e))?);
     let devices = create_devices(&vm, &config.console, &vm_end, start)?;
-    let entry = load_guest(&mem, &mut config, &devices.acpi)?;
+    acpi::write_acpi_tables(&mem, config.cpus, &devices.acpi)?;
+    regs::write_boot_tables(&mem)?;
 
     // Before any vCPU thread starts: they inherit the blocked stop signals.
     let mut event_loop = EventLoop::new(vm_end.clone())?;

@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Helpers shared by the integration tests: running ferry as a child
+//! process with a watchdog, and finding the test guest.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The ferry binary under test.
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// A file of the test guest built by resources/build-guest.sh.
+pub fn guest_file(name: &str) -> Result<PathBuf, String> {
+    let path = repo_root().join("resources/out").join(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "test guest file {} is missing: run resources/build-guest.sh first",
+            path.display()
+        ))
+    }
+}
+
+/// How a child process ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Its exit status; `None` if a signal ended it (the watchdog included).
+    pub status: Option<i32>,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+    /// Whether the watchdog had to kill it.
+    pub timed_out: bool,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// A short account of the run for failure messages.
+    pub fn describe(&self) -> String {
+        let tail = |s: &str| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n")
+        };
+        format!(
+            "status {:?}{} after {:.1} s\n--- stderr ---\n{}\n--- stdout (end) ---\n{}",
+            self.status,
+            if self.timed_out {
+                " (killed by the watchdog)"
+            } else {
+                ""
+            },
+            self.elapsed.as_secs_f64(),
+            tail(&self.stderr),
+            tail(&self.stdout)
+        )
+    }
+}
+
+/// Runs `cmd` with stdin closed and output captured; kills it after `timeout`.
+pub fn run(mut cmd: Command, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for the killed child");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    Outcome {
+        status: status.code(),
+        stdout,
+        stderr,
+        timed_out,
+        elapsed: start.elapsed(),
+    }
+}
