@@ -30,10 +30,10 @@ fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-chmod 755 "$tmp"   # apt-get download drops privileges to _apt
+
 deb=$(ls "$out/$pkg"_*.deb 2>/dev/null | head -n1 || true)
 if [ -z "$deb" ]; then
-  (cd "$tmp" && apt-get download "$pkg" >/dev/null) || { echo "build-guest: apt-get download $pkg failed" >&2; exit 1; }
+  (cd "$tmp" && apt-get -o APT::Sandbox::User=root download "$pkg" >/dev/null) || { echo "build-guest: apt-get download $pkg failed" >&2; exit 1; }
   rm -f "$out"/linux-image-*.deb
   mv "$tmp/$pkg"_*.deb "$out/"
   deb=$(ls "$out/$pkg"_*.deb | head -n1)

@@ -141,7 +141,10 @@ fn kvm_host_script() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let shared = repo_root().join("../shared");
-            shared.canonicalize().unwrap_or(shared).join("kvm-host/run-in-kvm-host")
+            shared
+                .canonicalize()
+                .unwrap_or(shared)
+                .join("kvm-host/run-in-kvm-host")
         })
 }
 
