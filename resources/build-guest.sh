@@ -22,7 +22,7 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: lin
 
 # Everything that shapes the output goes into one stamp; same stamp, nothing to do.
 modules="virtio virtio_ring virtio_mmio failover net_failover virtio_net virtio_blk pvpanic pvpanic_mmio ext4"
-stamp="$pkg $(sha256sum "$here/init" /bin/busybox "$0" | sha256sum | cut -c1-16) $modules"
+stamp="$pkg $(sha256sum "$here/init" "$here/udhcpc.script" /bin/busybox "$0" | sha256sum | cut -c1-16) $modules"
 if [ -s "$out/initramfs.cpio.gz" ] && [ -s "$out/vmlinuz" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "build-guest: $out is up to date ($pkg)"
   exit 0
@@ -48,7 +48,8 @@ mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,mnt,lib/modules}
 cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 cp "$here/init" "$root/init"
-chmod +x "$root/init"
+cp "$here/udhcpc.script" "$root/etc/udhcpc.script"
+chmod +x "$root/init" "$root/etc/udhcpc.script"
 
 # Load order: each module after the modules it depends on (modules.dep).
 declare -A seen=()

@@ -9,4 +9,8 @@ pub mod bus;
 pub mod control;
 pub mod irq;
 pub mod legacy;
+pub mod virtio;
 pub mod vm_end;
+
+/// Guest memory as the devices see it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -10,6 +10,9 @@ use clap::Parser;
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 
+/// The default MAC address: locally administered, unicast.
+pub const DEFAULT_MAC: &str = "02:66:72:72:79:01";
+
 /// Boot a Linux guest on KVM, networked through passt.
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about, after_help = EXIT_STATUS_HELP)]
@@ -38,6 +41,28 @@ pub struct Cli {
     /// input from stdin), `file:PATH` (output appended to PATH), or `none`.
     #[arg(long, value_name = "stdio|file:PATH|none", default_value = "stdio")]
     pub console: String,
+
+    /// Networking: `passt` (a virtio-net card wired to a passt that ferry
+    /// starts and stops) or `none`.
+    #[arg(long, value_name = "passt|none", default_value = "passt")]
+    pub net: String,
+
+    /// The card's MAC address.
+    #[arg(long, value_name = "MAC", default_value = DEFAULT_MAC)]
+    pub mac: String,
+
+    /// Forward a host port to the guest: `[IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`
+    /// (as podman and docker spell it; IPv6 addresses in brackets). Repeatable.
+    #[arg(long, value_name = "[IP:]HOST:GUEST[/PROTO]")]
+    pub publish: Vec<String>,
+
+    /// An argument passed to passt verbatim. Repeatable.
+    #[arg(long = "passt-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub passt_args: Vec<String>,
+
+    /// The passt binary to run.
+    #[arg(long, value_name = "PATH", default_value = "passt")]
+    pub passt: std::path::PathBuf,
 
     /// Run even though /dev/kvm is PVM (only for guest kernels built for PVM).
     #[arg(long)]

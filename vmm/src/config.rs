@@ -48,6 +48,113 @@ pub enum Error {
     /// The console option is malformed.
     #[error("--console {0}: expected stdio, file:PATH or none")]
     Console(String),
+    /// The network option is unknown.
+    #[error("--net {0}: expected passt or none")]
+    Net(String),
+    /// The MAC address is malformed.
+    #[error(
+        "--mac {0}: expected six hex bytes separated by colons, unicast (e.g. 02:00:00:00:00:01)"
+    )]
+    Mac(String),
+    /// A port forward is malformed.
+    #[error("--publish {0}: expected [IP:]HOST_PORT:GUEST_PORT[/tcp|/udp] with ports 1-65535")]
+    Publish(String),
+}
+
+/// The guest's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Net {
+    /// No network card.
+    None,
+    /// A virtio-net card wired to passt.
+    Passt {
+        /// The card's MAC address.
+        mac: [u8; 6],
+        /// How to run passt.
+        passt: ferry_net_passt::PasstConfig,
+    },
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` into a unicast MAC address.
+pub fn parse_mac(spec: &str) -> Result<[u8; 6], Error> {
+    let err = || Error::Mac(spec.to_string());
+    let parts: Vec<&str> = spec.split(':').collect();
+    if parts.len() != 6 {
+        return Err(err());
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return Err(err());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
+    }
+    // Multicast addresses cannot be a card's.
+    if mac[0] & 1 != 0 {
+        return Err(err());
+    }
+    Ok(mac)
+}
+
+/// Translates a `--publish` spec into passt's arguments (`-t`/`-u` and their spec).
+pub fn publish_to_passt(spec: &str) -> Result<[String; 2], Error> {
+    let err = || Error::Publish(spec.to_string());
+    let (ports, proto) = match spec.rsplit_once('/') {
+        Some((ports, "tcp")) => (ports, "-t"),
+        Some((ports, "udp")) => (ports, "-u"),
+        Some(_) => return Err(err()),
+        None => (spec, "-t"),
+    };
+    // The address, if any, is everything before the last two colon-separated fields.
+    let (addr, ports) = if let Some(rest) = ports.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']').ok_or_else(err)?;
+        let ports = after.strip_prefix(':').ok_or_else(err)?;
+        addr.parse::<std::net::Ipv6Addr>().map_err(|_| err())?;
+        (Some(addr.to_string()), ports)
+    } else {
+        let fields: Vec<&str> = ports.split(':').collect();
+        match fields.len() {
+            2 => (None, ports),
+            3 => {
+                fields[0].parse::<std::net::Ipv4Addr>().map_err(|_| err())?;
+                (Some(fields[0].to_string()), &ports[fields[0].len() + 1..])
+            }
+            _ => return Err(err()),
+        }
+    };
+    let (host, guest) = ports.split_once(':').ok_or_else(err)?;
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(err);
+    let (host, guest) = (port(host)?, port(guest)?);
+    let passt_spec = match addr {
+        Some(addr) => format!("{addr}/{host}:{guest}"),
+        None => format!("{host}:{guest}"),
+    };
+    Ok([proto.to_string(), passt_spec])
+}
+
+impl Net {
+    /// The network the command line asks for.
+    fn from_cli(cli: &Cli) -> Result<Self, Error> {
+        match cli.net.as_str() {
+            "none" => Ok(Net::None),
+            "passt" => {
+                let mac = parse_mac(&cli.mac)?;
+                let mut args = Vec::new();
+                for spec in &cli.publish {
+                    args.extend(publish_to_passt(spec)?);
+                }
+                args.extend(cli.passt_args.iter().cloned());
+                Ok(Net::Passt {
+                    mac,
+                    passt: ferry_net_passt::PasstConfig {
+                        binary: cli.passt.clone(),
+                        args,
+                    },
+                })
+            }
+            other => Err(Error::Net(other.to_string())),
+        }
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -92,6 +199,8 @@ pub struct VmConfig {
     pub console: Console,
     /// Whether to run on a PVM /dev/kvm.
     pub allow_pvm: bool,
+    /// The guest's network.
+    pub net: Net,
 }
 
 /// Opens `path` as a regular file.
@@ -142,6 +251,7 @@ impl VmConfig {
             host_memory_mib().unwrap_or(u64::MAX >> 20),
         )?;
         let console = Console::parse(&cli.console)?;
+        let net = Net::from_cli(cli)?;
         let kernel = open_file("kernel", &cli.kernel)?;
         let initrd = cli
             .initrd
@@ -156,6 +266,7 @@ impl VmConfig {
             mem_size: cli.memory << 20,
             console,
             allow_pvm: cli.allow_pvm,
+            net,
         })
     }
 }
@@ -163,6 +274,57 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_addresses() {
+        assert_eq!(
+            parse_mac("02:66:72:72:79:01").unwrap(),
+            [2, 0x66, 0x72, 0x72, 0x79, 1]
+        );
+        assert_eq!(
+            parse_mac("52:54:00:AB:cd:EF").unwrap(),
+            [0x52, 0x54, 0, 0xab, 0xcd, 0xef]
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0g:00:00:00:00:00",
+            "2:00:00:00:00:001",
+            "01:00:5e:00:00:01",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn publish_specs_become_passt_forwards() {
+        let p = |s| publish_to_passt(s).unwrap();
+        assert_eq!(p("8080:80"), ["-t".to_string(), "8080:80".into()]);
+        assert_eq!(p("8080:80/tcp"), ["-t".to_string(), "8080:80".into()]);
+        assert_eq!(p("5353:53/udp"), ["-u".to_string(), "5353:53".into()]);
+        assert_eq!(
+            p("127.0.0.1:2222:22"),
+            ["-t".to_string(), "127.0.0.1/2222:22".into()]
+        );
+        assert_eq!(
+            p("[::1]:2222:22/tcp"),
+            ["-t".to_string(), "::1/2222:22".into()]
+        );
+        for bad in [
+            "80",
+            "0:80",
+            "80:70000",
+            "a:b",
+            "1.2.3:80:80",
+            "80:80/sctp",
+            "[::1:80:80",
+            "[zz]:1:2",
+            "1:2:3:4",
+        ] {
+            assert!(publish_to_passt(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn console_specs() {

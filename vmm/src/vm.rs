@@ -10,18 +10,25 @@ use std::time::{Duration, Instant};
 use ferry_boot::acpi::{self, AcpiDevice, AcpiRegisters};
 use ferry_boot::layout::{
     ACPI_RESET_VALUE, ACPI_SLEEP_PORT, BOOT_MARKER_ADDR, CONTROL_DEVICE_SIZE, EXIT_DEVICE_ADDR,
-    KVM_TSS_ADDR, PVPANIC_ADDR,
+    IRQ_MAX, KVM_TSS_ADDR, PVPANIC_ADDR, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use ferry_boot::{bootparams, kernel, regs, GuestMemory};
 use ferry_devices::bus::{self, Bus};
 use ferry_devices::control::{AcpiSleep, BootMarker, ExitStatus, PvPanic};
 use ferry_devices::irq::IrqLine;
 use ferry_devices::legacy::{i8042, serial, Serial, I8042};
+use ferry_devices::virtio::mmio::{self, MmioTransport};
+use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig};
+use ferry_devices::virtio::{Interrupt, VirtioDevice};
 use ferry_devices::vm_end::{ExitReason, VmEnd};
+use ferry_net_passt::Passt;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::IoEventAddress;
 use kvm_ioctls::{Kvm, VmFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 
-use crate::config::{Console, VmConfig};
+use crate::config::{Console, Net, VmConfig};
 use crate::console::{self, ConsoleInput, RawTerminal};
 use crate::event_loop::{self, EventLoop};
 use crate::{kvm, memory, vcpu};
@@ -73,6 +80,12 @@ pub enum Error {
     /// The event loop failed.
     #[error(transparent)]
     EventLoop(#[from] event_loop::Error),
+    /// passt could not be started.
+    #[error(transparent)]
+    Passt(#[from] ferry_net_passt::launcher::Error),
+    /// No interrupt line is left for another device.
+    #[error("no interrupt line left for device {0}")]
+    NoIrq(usize),
 }
 
 impl Error {
@@ -87,6 +100,10 @@ impl Error {
                 )
                 | Error::Acpi(acpi::Error::TooManyCpus(_))
                 | Error::ConsoleOutput(_)
+                | Error::Passt(
+                    ferry_net_passt::launcher::Error::NotFound(_)
+                        | ferry_net_passt::launcher::Error::EarlyExit(_)
+                )
         )
     }
 
@@ -127,6 +144,93 @@ struct Devices {
     mmio_bus: Bus,
     serial: Arc<Mutex<Serial>>,
     acpi: Vec<AcpiDevice>,
+    virtio_count: usize,
+}
+
+impl Devices {
+    /// Puts a virtio device on the next virtio-mmio window, with its
+    /// interrupt and queue notifications wired to KVM and its DSDT entry.
+    fn add_virtio(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<(), Error> {
+        let index = self.virtio_count;
+        let gsi = VIRTIO_IRQ_START + index as u32;
+        if gsi > IRQ_MAX {
+            return Err(Error::NoIrq(index));
+        }
+        let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
+        let line = IrqLine::new(gsi).map_err(|e| Error::Resource("a virtio interrupt", e))?;
+        vm.register_irqfd(line.event(), gsi)
+            .map_err(|e| Error::VmSetup("KVM_IRQFD (virtio)", e))?;
+        let interrupt = Arc::new(Interrupt::new(line));
+        let transport = MmioTransport::new(device, mem.clone(), interrupt)
+            .map_err(|e| Error::Resource("a virtio transport", e))?;
+        for (queue, kick) in transport.queue_kicks().iter().enumerate() {
+            let addr = IoEventAddress::Mmio(base + mmio::QUEUE_NOTIFY_OFFSET);
+            vm.register_ioevent(kick, &addr, queue as u32)
+                .map_err(|e| Error::VmSetup("KVM_IOEVENTFD (virtio)", e))?;
+        }
+        self.mmio_bus
+            .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        self.acpi.push(AcpiDevice {
+            hid: "LNRO0005",
+            registers: AcpiRegisters::Mmio(base as u32, VIRTIO_MMIO_SIZE as u32),
+            irq: Some(gsi),
+        });
+        self.virtio_count += 1;
+        Ok(())
+    }
+}
+
+/// The running passt and a handle to shut its socket down at the end.
+struct PasstLink {
+    passt: Passt,
+    socket: UnixStream,
+}
+
+impl PasstLink {
+    /// Closes the link so that passt leaves on its own, then makes sure it has.
+    fn stop(mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        match self.passt.stop() {
+            Some(status) if !status.success() && status.signal().is_none() => {
+                log::warn!("passt exited with {status}")
+            }
+            Some(_) => log::debug!("passt has exited"),
+            None => log::error!("passt (pid {}) would not exit", self.passt.pid()),
+        }
+    }
+}
+
+/// Starts passt and adds a virtio-net card wired to it.
+fn add_network(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    devices: &mut Devices,
+    net: &Net,
+) -> Result<Option<PasstLink>, Error> {
+    let Net::Passt { mac, passt } = net else {
+        return Ok(None);
+    };
+    let (passt, stream) = Passt::start(passt)?;
+    log::info!("passt started (pid {})", passt.pid());
+    let socket = stream
+        .try_clone()
+        .map_err(|e| Error::Resource("a handle on the passt socket", e))?;
+    let card = VirtioNet::new(
+        0,
+        NetConfig {
+            mac: *mac,
+            mtu: virtio_net::DEFAULT_MTU,
+        },
+        stream,
+    );
+    let link = PasstLink { passt, socket };
+    devices.add_virtio(vm, mem, Box::new(card))?;
+    Ok(Some(link))
 }
 
 /// Creates the legacy and control devices and wires their interrupts to KVM.
@@ -191,6 +295,7 @@ fn create_devices(
         mmio_bus,
         serial,
         acpi,
+        virtio_count: 0,
     })
 }
 
@@ -226,7 +331,8 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
     let vm = create_vm(&kvm, config.cpus)?;
     memory::register(&vm, &mem)?;
     let vm_end = Arc::new(VmEnd::new().map_err(|e| Error::Resource("the VM end event", e))?);
-    let devices = create_devices(&vm, &config.console, &vm_end, start)?;
+    let mut devices = create_devices(&vm, &config.console, &vm_end, start)?;
+    let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
     acpi::write_acpi_tables(&mem, config.cpus, &devices.acpi)?;
     regs::write_boot_tables(&mem)?;
 
@@ -273,6 +379,13 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
         vm_end.request(ExitReason::Failure("the event loop failed".into()));
     }
     vcpu::stop_all(threads, VCPU_STOP_TIMEOUT);
+    // The buses hold the last references to the devices: dropping them stops
+    // the device threads and closes passt's socket, so passt leaves on its own.
+    drop(io_bus);
+    drop(mmio_bus);
+    if let Some(passt) = passt {
+        passt.stop();
+    }
     // Guest memory outlives every vCPU: it is dropped only here.
     drop(mem);
     Ok(outcome?)

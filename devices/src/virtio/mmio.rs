@@ -1,0 +1,527 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The virtio-mmio transport, version 2 (virtio 1.2, 4.2.2): the register
+//! file and the device status state machine, in front of a [`VirtioDevice`].
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{status, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::bus::BusDevice;
+use crate::GuestMemory;
+
+/// Register offsets.
+mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// Offset of the queue-notify register, where the VMM puts its ioeventfds.
+pub const QUEUE_NOTIFY_OFFSET: u64 = reg::QUEUE_NOTIFY;
+/// "virt", little endian.
+const MAGIC_VALUE: u32 = 0x7472_6976;
+/// "FRRY".
+const VENDOR_ID: u32 = 0x5952_5246;
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    kicks: Vec<EventFd>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    active: bool,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("status", &self.status)
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl MmioTransport {
+    /// Puts `device` behind an MMIO register file.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+    ) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut kicks = Vec::new();
+        for &max in device.queue_max_sizes() {
+            queues.push(Queue::new(max).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+            })?);
+            kicks.push(EventFd::new(EFD_NONBLOCK)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            kicks,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            active: false,
+        })
+    }
+
+    /// One eventfd per queue: the VMM registers each as an ioeventfd on
+    /// [`QUEUE_NOTIFY_OFFSET`] with the queue's index as datamatch.
+    pub fn queue_kicks(&self) -> &[EventFd] {
+        &self.kicks
+    }
+
+    /// The device's interrupt.
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    fn reset(&mut self) {
+        if self.active {
+            self.device.reset();
+            self.active = false;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.interrupt.clear();
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+    }
+
+    /// Status register write: the state machine of virtio 1.2, 3.1.1.
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // Bits may only be added, never removed (except by a reset).
+        if value & self.status != self.status {
+            log::warn!(
+                "virtio: the driver cleared status bits (0x{:x} -> 0x{value:x}); ignored",
+                self.status
+            );
+            return;
+        }
+        let new = value & !self.status;
+        if new & status::FEATURES_OK != 0 {
+            let offered = self.device.features();
+            let acceptable = self.driver_features & !offered == 0
+                && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
+            if !acceptable {
+                log::warn!(
+                    "virtio: the driver's features 0x{:x} do not fit the offer 0x{offered:x}",
+                    self.driver_features
+                );
+                // FEATURES_OK stays clear: the driver sees the refusal.
+                self.status = value & !status::FEATURES_OK;
+                return;
+            }
+        }
+        self.status = value;
+        if new & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK != 0 && !self.active {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let event_idx = self.driver_features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
+        let ready = self.queues.iter().filter(|q| q.ready()).count();
+        let queues: Vec<Queue> = self
+            .queues
+            .iter()
+            .map(|q| device_copy(q, event_idx))
+            .collect();
+        let kicks: std::io::Result<Vec<EventFd>> =
+            self.kicks.iter().map(EventFd::try_clone).collect();
+        let kicks = match kicks {
+            Ok(kicks) => kicks,
+            Err(e) => {
+                log::error!("virtio: cannot clone a queue eventfd: {e}");
+                self.status |= status::DEVICE_NEEDS_RESET;
+                return;
+            }
+        };
+        if ready < queues.len() || queues.iter().any(|q| !q.is_valid(&self.mem)) {
+            log::warn!(
+                "virtio: the driver set DRIVER_OK with {ready} of {} queues ready or valid",
+                queues.len()
+            );
+            self.status |= status::DEVICE_NEEDS_RESET;
+            self.interrupt.signal_config_change();
+            return;
+        }
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            kicks,
+            interrupt: self.interrupt.clone(),
+            features: self.driver_features,
+        };
+        match self.device.activate(activation) {
+            Ok(()) => self.active = true,
+            Err(e) => {
+                log::error!(
+                    "virtio: cannot activate device {}: {e}",
+                    self.device.device_type()
+                );
+                self.status |= status::DEVICE_NEEDS_RESET;
+                self.interrupt.signal_config_change();
+            }
+        }
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        match offset {
+            reg::MAGIC => MAGIC_VALUE,
+            reg::VERSION => 2,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => match self.device_features_select {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS => self.status,
+            reg::CONFIG_GENERATION => 0,
+            _ => {
+                log::debug!("virtio: read of unknown register 0x{offset:x}");
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        // Queue and feature set-up only before the device runs.
+        let configurable = self.status & status::DRIVER_OK == 0;
+        let set_addr = |q: &mut Queue, offset: u64, value: u32| match offset {
+            reg::QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
+            reg::QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(value)),
+            reg::QUEUE_DRIVER_LOW => q.set_avail_ring_address(Some(value), None),
+            reg::QUEUE_DRIVER_HIGH => q.set_avail_ring_address(None, Some(value)),
+            reg::QUEUE_DEVICE_LOW => q.set_used_ring_address(Some(value), None),
+            _ => q.set_used_ring_address(None, Some(value)),
+        };
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_select = value,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            reg::DRIVER_FEATURES if configurable && self.status & status::FEATURES_OK == 0 => {
+                match self.driver_features_select {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            reg::QUEUE_SEL => self.queue_select = value,
+            reg::QUEUE_NUM if configurable => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(value as u16);
+                }
+            }
+            reg::QUEUE_READY if configurable => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            reg::QUEUE_DESC_LOW..=reg::QUEUE_DEVICE_HIGH if configurable => {
+                if let Some(q) = self.selected_queue() {
+                    set_addr(q, offset, value);
+                }
+            }
+            reg::QUEUE_NOTIFY => {
+                // Reached only when no ioeventfd took the write.
+                if let Some(kick) = self.kicks.get(value as usize) {
+                    let _ = kick.write(1);
+                }
+            }
+            reg::INTERRUPT_ACK => self.interrupt.ack(value),
+            reg::STATUS => self.write_status(value),
+            _ => log::debug!("virtio: ignored write of 0x{value:x} to register 0x{offset:x}"),
+        }
+    }
+}
+
+/// The device's own copy of a queue the driver set up.
+fn device_copy(src: &Queue, event_idx: bool) -> Queue {
+    // The size was valid when the transport's queue was made with it.
+    let mut q = Queue::new(src.max_size()).unwrap_or_default();
+    q.set_size(src.size());
+    q.set_desc_table_address(
+        Some(src.desc_table() as u32),
+        Some((src.desc_table() >> 32) as u32),
+    );
+    q.set_avail_ring_address(
+        Some(src.avail_ring() as u32),
+        Some((src.avail_ring() >> 32) as u32),
+    );
+    q.set_used_ring_address(
+        Some(src.used_ring() as u32),
+        Some((src.used_ring() >> 32) as u32),
+    );
+    q.set_ready(src.ready());
+    q.set_event_idx(event_idx);
+    q
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= reg::CONFIG {
+            self.device.read_config(offset - reg::CONFIG, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            log::debug!(
+                "virtio: {}-byte read at 0x{offset:x} is not a register access",
+                data.len()
+            );
+            data.fill(0);
+            return;
+        }
+        let value = self.read_register(offset);
+        data.copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= reg::CONFIG {
+            self.device.write_config(offset - reg::CONFIG, data);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            log::debug!(
+                "virtio: {}-byte write at 0x{offset:x} is not a register access",
+                data.len()
+            );
+            return;
+        };
+        if offset % 4 == 0 {
+            self.write_register(offset, u32::from_le_bytes(bytes));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::irq::IrqLine;
+    use crate::virtio::ActivateError;
+    use std::sync::Mutex;
+    use vm_memory::GuestAddress;
+
+    #[derive(Default)]
+    struct Probe {
+        activations: Arc<Mutex<Vec<u64>>>,
+        resets: Arc<Mutex<usize>>,
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            1
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn features(&self) -> u64 {
+            (1 << VIRTIO_F_VERSION_1) | (1 << 5)
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            assert_eq!(a.queues.len(), 2);
+            self.activations.lock().unwrap().push(a.features);
+            Ok(())
+        }
+        fn reset(&mut self) {
+            *self.resets.lock().unwrap() += 1;
+        }
+    }
+
+    /// Features of each activation, and the number of resets.
+    type Record = (Arc<Mutex<Vec<u64>>>, Arc<Mutex<usize>>);
+
+    fn transport() -> (MmioTransport, Record) {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let probe = Probe::default();
+        let (acts, resets) = (probe.activations.clone(), probe.resets.clone());
+        let irq = Arc::new(Interrupt::new(IrqLine::new(5).unwrap()));
+        let t = MmioTransport::new(Box::new(probe), mem, irq).unwrap();
+        (t, (acts, resets))
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn set_up_queues(t: &mut MmioTransport) {
+        for (i, base) in [(0u32, 0x1_0000u32), (1, 0x2_0000)] {
+            w(t, reg::QUEUE_SEL, i);
+            assert_eq!(r(t, reg::QUEUE_NUM_MAX), 16);
+            w(t, reg::QUEUE_NUM, 16);
+            w(t, reg::QUEUE_DESC_LOW, base);
+            w(t, reg::QUEUE_DRIVER_LOW, base + 0x1000);
+            w(t, reg::QUEUE_DEVICE_LOW, base + 0x2000);
+            w(t, reg::QUEUE_READY, 1);
+        }
+    }
+
+    #[test]
+    fn identification_registers() {
+        let (mut t, _) = transport();
+        assert_eq!(r(&mut t, reg::MAGIC), MAGIC_VALUE);
+        assert_eq!(r(&mut t, reg::VERSION), 2);
+        assert_eq!(r(&mut t, reg::DEVICE_ID), 1);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1);
+        w(&mut t, reg::DEVICE_FEATURES_SEL, 0);
+        assert_eq!(r(&mut t, reg::DEVICE_FEATURES), 1 << 5);
+        let mut cfg = [0u8; 2];
+        t.read(reg::CONFIG + 6, &mut cfg);
+        assert_eq!(cfg, [6, 6]);
+    }
+
+    #[test]
+    fn full_handshake_activates_once_and_reset_stops() {
+        let (mut t, (acts, resets)) = transport();
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 0);
+        w(&mut t, reg::DRIVER_FEATURES, 1 << 5);
+        let fok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        w(&mut t, reg::STATUS, fok);
+        assert_eq!(r(&mut t, reg::STATUS), fok);
+        set_up_queues(&mut t);
+        w(&mut t, reg::STATUS, fok | status::DRIVER_OK);
+        assert_eq!(*acts.lock().unwrap(), vec![(1u64 << 32) | (1 << 5)]);
+        // Queue set-up is frozen while running.
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 1);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(*resets.lock().unwrap(), 1);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        assert_eq!(r(&mut t, reg::QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn features_not_offered_or_legacy_are_refused() {
+        let (mut t, (acts, _)) = transport();
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        // Legacy: no VERSION_1.
+        w(&mut t, reg::DRIVER_FEATURES, 1 << 5);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+        // A feature never offered.
+        w(&mut t, reg::STATUS, 0);
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 0);
+        w(&mut t, reg::DRIVER_FEATURES, 1 << 6);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        assert_eq!(r(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
+        assert!(
+            acts.lock().unwrap().is_empty(),
+            "no activation without FEATURES_OK"
+        );
+    }
+
+    #[test]
+    fn driver_ok_without_ready_queues_needs_reset() {
+        let (mut t, (acts, _)) = transport();
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        let fok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        w(&mut t, reg::STATUS, fok);
+        w(&mut t, reg::STATUS, fok | status::DRIVER_OK);
+        assert!(acts.lock().unwrap().is_empty());
+        assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn odd_accesses_are_contained() {
+        let (mut t, _) = transport();
+        let mut b = [0xffu8; 2];
+        t.read(reg::MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(reg::STATUS, &[1, 2]);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        w(&mut t, reg::QUEUE_SEL, 99);
+        assert_eq!(r(&mut t, reg::QUEUE_NUM_MAX), 0);
+        w(&mut t, reg::QUEUE_NUM, 8);
+        w(&mut t, reg::QUEUE_NOTIFY, 7);
+    }
+}

@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The receive side: the guest's RX buffers, and copying a frame from
+//! passt into them behind a virtio-net header.
+
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::NET_HDR_LEN;
+use crate::GuestMemory;
+
+/// Why an RX chain cannot take frames.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RxError {
+    /// A descriptor the device must write is read-only.
+    #[error("read-only descriptor in an RX chain")]
+    ReadOnly,
+    /// A descriptor points outside guest memory.
+    #[error("RX descriptor outside guest memory: 0x{0:x}+{1}")]
+    BadAddress(u64, u32),
+    /// The chain cannot even hold the header.
+    #[error("RX chain of {0} bytes cannot hold a virtio-net header")]
+    TooSmall(usize),
+}
+
+/// A guest RX buffer: the chain's head and its writable segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxBuffer {
+    /// Head descriptor index, for the used ring.
+    pub head: u16,
+    segments: Vec<(GuestAddress, usize)>,
+    /// Bytes it holds.
+    pub capacity: usize,
+}
+
+impl RxBuffer {
+    /// The buffer a chain describes, checked against guest memory.
+    pub fn from_chain<M>(
+        mem: &GuestMemory,
+        chain: DescriptorChain<M>,
+    ) -> Result<Self, (u16, RxError)>
+    where
+        M: std::ops::Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        let head = chain.head_index();
+        let mut segments = Vec::new();
+        let mut capacity = 0usize;
+        for desc in chain {
+            if !desc.is_write_only() {
+                return Err((head, RxError::ReadOnly));
+            }
+            if mem.get_slice(desc.addr(), desc.len() as usize).is_err() {
+                return Err((head, RxError::BadAddress(desc.addr().0, desc.len())));
+            }
+            segments.push((desc.addr(), desc.len() as usize));
+            capacity += desc.len() as usize;
+        }
+        if capacity < NET_HDR_LEN {
+            return Err((head, RxError::TooSmall(capacity)));
+        }
+        Ok(Self {
+            head,
+            segments,
+            capacity,
+        })
+    }
+
+    /// Writes `bytes` from offset `at` of the buffer on; returns how many fit.
+    fn write_at(&self, mem: &GuestMemory, mut at: usize, mut bytes: &[u8]) -> usize {
+        let mut written = 0;
+        for &(addr, len) in &self.segments {
+            if bytes.is_empty() {
+                break;
+            }
+            if at >= len {
+                at -= len;
+                continue;
+            }
+            let n = (len - at).min(bytes.len());
+            // The range was checked when the buffer was taken.
+            if mem
+                .write_slice(&bytes[..n], GuestAddress(addr.0 + at as u64))
+                .is_err()
+            {
+                break;
+            }
+            written += n;
+            bytes = &bytes[n..];
+            at = 0;
+        }
+        written
+    }
+}
+
+/// The virtio-net header for a received frame spread over `num_buffers`
+/// buffers; `data_valid` tells the guest the checksums need no checking.
+fn rx_header(num_buffers: u16, data_valid: bool) -> [u8; NET_HDR_LEN] {
+    const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+    let mut hdr = [0u8; NET_HDR_LEN];
+    if data_valid {
+        hdr[0] = VIRTIO_NET_HDR_F_DATA_VALID;
+    }
+    hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+    hdr
+}
+
+/// Copies `frame` behind a header into `buffers` (in order; their total
+/// capacity must hold header and frame). Returns each buffer's used length.
+pub fn write_frame(
+    mem: &GuestMemory,
+    buffers: &[RxBuffer],
+    frame: &[u8],
+    data_valid: bool,
+) -> Vec<(u16, u32)> {
+    let header = rx_header(buffers.len() as u16, data_valid);
+    let mut used = Vec::with_capacity(buffers.len());
+    let mut rest = frame;
+    for (i, buf) in buffers.iter().enumerate() {
+        let mut n = 0;
+        if i == 0 {
+            n += buf.write_at(mem, 0, &header);
+        }
+        let m = buf.write_at(mem, n, rest);
+        rest = &rest[m..];
+        used.push((buf.head, (n + m) as u32));
+    }
+    used
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffer(head: u16, segments: &[(u64, usize)]) -> RxBuffer {
+        RxBuffer {
+            head,
+            segments: segments
+                .iter()
+                .map(|&(a, l)| (GuestAddress(a), l))
+                .collect(),
+            capacity: segments.iter().map(|s| s.1).sum(),
+        }
+    }
+
+    #[test]
+    fn a_frame_spans_buffers_behind_one_header() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let frame: Vec<u8> = (0..100u8).collect();
+        let bufs = [
+            buffer(3, &[(0x1000, 20), (0x2000, 30)]),
+            buffer(7, &[(0x3000, 200)]),
+        ];
+        let used = write_frame(&mem, &bufs, &frame, false);
+        assert_eq!(used, vec![(3, 50), (7, 62)]);
+        let mut hdr = [0u8; NET_HDR_LEN];
+        mem.read_slice(&mut hdr, GuestAddress(0x1000)).unwrap();
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 2);
+        let mut got = vec![0u8; 100];
+        mem.read_slice(&mut got[..8], GuestAddress(0x1000 + 12))
+            .unwrap();
+        mem.read_slice(&mut got[8..38], GuestAddress(0x2000))
+            .unwrap();
+        mem.read_slice(&mut got[38..], GuestAddress(0x3000))
+            .unwrap();
+        assert_eq!(got, frame);
+    }
+
+    #[test]
+    fn data_valid_sets_the_header_flag() {
+        assert_eq!(rx_header(1, true)[0], 2);
+        assert_eq!(rx_header(1, false)[0], 0);
+    }
+}

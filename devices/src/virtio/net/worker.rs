@@ -1,0 +1,548 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The data path of one card, on its own thread with its own event loop:
+//! guest TX chains go to passt in batched `writev`s straight from guest
+//! memory; passt's stream is read in large chunks and each frame copied
+//! into the guest's RX buffers. When the guest has no RX buffers the
+//! stream is left unread (held back, never dropped) until it posts more;
+//! when passt's socket is full the TX ring is left alone until it drains.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use ferry_net_passt::writer::FdSink;
+use ferry_net_passt::{Decoder, FrameWriter, OutFrame};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::rx::{self, RxBuffer};
+use super::tx;
+use super::NET_HDR_LEN;
+use crate::virtio::Interrupt;
+use crate::GuestMemory;
+
+/// Counters of one card, readable from any thread.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Frames sent to passt.
+    pub tx_frames: AtomicU64,
+    /// Bytes of those frames.
+    pub tx_bytes: AtomicU64,
+    /// Malformed TX chains (consumed, not sent).
+    pub tx_errors: AtomicU64,
+    /// Frames dropped while passt was gone.
+    pub tx_dropped: AtomicU64,
+    /// Frames delivered to the guest.
+    pub rx_frames: AtomicU64,
+    /// Bytes of those frames.
+    pub rx_bytes: AtomicU64,
+    /// Malformed RX chains (returned unused).
+    pub rx_errors: AtomicU64,
+    /// Frames too large for the guest's buffer (without mergeable buffers).
+    pub rx_dropped: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// What [`NetWorker::new`] takes.
+#[derive(Debug)]
+pub struct Parts {
+    pub id: usize,
+    pub mem: GuestMemory,
+    pub rx_queue: Queue,
+    pub tx_queue: Queue,
+    pub rx_kick: EventFd,
+    pub tx_kick: EventFd,
+    pub stop: EventFd,
+    pub backend: Option<UnixStream>,
+    pub interrupt: Arc<Interrupt>,
+    pub link_up: Arc<AtomicBool>,
+    pub stats: Arc<NetStats>,
+    pub mrg_rxbuf: bool,
+}
+
+/// Everything but the RX ring side.
+#[derive(Debug)]
+struct Link {
+    id: usize,
+    mem: GuestMemory,
+    tx_queue: Queue,
+    rx_kick: EventFd,
+    tx_kick: EventFd,
+    stop: EventFd,
+    backend: Option<UnixStream>,
+    interrupt: Arc<Interrupt>,
+    link_up: Arc<AtomicBool>,
+    stats: Arc<NetStats>,
+}
+
+/// The RX ring and the guest buffers taken from it but not yet filled.
+#[derive(Debug)]
+struct RxSide {
+    id: usize,
+    queue: Queue,
+    stash: VecDeque<RxBuffer>,
+    mrg_rxbuf: bool,
+    stats: Arc<NetStats>,
+}
+
+impl RxSide {
+    /// Makes sure the stash holds room for `need` bytes (one buffer
+    /// without mergeable buffers); false if the guest has not posted enough.
+    fn stock(&mut self, mem: &GuestMemory, need: usize) -> bool {
+        loop {
+            let have = if self.mrg_rxbuf {
+                self.stash.iter().map(|b| b.capacity).sum()
+            } else {
+                self.stash.front().map_or(0, |b| b.capacity)
+            };
+            if have >= need || (!self.mrg_rxbuf && !self.stash.is_empty()) {
+                return true;
+            }
+            match self.queue.pop_descriptor_chain(mem) {
+                Some(chain) => match RxBuffer::from_chain(mem, chain) {
+                    Ok(buf) => self.stash.push_back(buf),
+                    Err((head, e)) => {
+                        log::debug!("net{}: RX chain {head}: {e}", self.id);
+                        bump(&self.stats.rx_errors, 1);
+                        self.add_used(mem, &[(head, 0)]);
+                    }
+                },
+                None => match self.queue.enable_notification(mem) {
+                    Ok(true) => continue,
+                    _ => return false,
+                },
+            }
+        }
+    }
+
+    /// Offers one frame to the guest.
+    fn deliver(&mut self, mem: &GuestMemory, frame: &[u8]) -> Delivery {
+        let need = NET_HDR_LEN + frame.len();
+        if !self.stock(mem, need) {
+            return Delivery::NoBuffers;
+        }
+        let count = if self.mrg_rxbuf {
+            let mut count = 0;
+            let mut room = 0;
+            while room < need {
+                room += self.stash[count].capacity;
+                count += 1;
+            }
+            count
+        } else {
+            1
+        };
+        let buffers: Vec<RxBuffer> = self.stash.drain(..count).collect();
+        if buffers[0].capacity < need && !self.mrg_rxbuf {
+            bump(&self.stats.rx_dropped, 1);
+            self.add_used(mem, &[(buffers[0].head, 0)]);
+            return Delivery::Dropped;
+        }
+        let used = rx::write_frame(mem, &buffers, frame, false);
+        self.add_used(mem, &used);
+        bump(&self.stats.rx_frames, 1);
+        bump(&self.stats.rx_bytes, frame.len() as u64);
+        Delivery::Delivered
+    }
+
+    fn add_used(&mut self, mem: &GuestMemory, used: &[(u16, u32)]) {
+        for &(head, len) in used {
+            if let Err(e) = self.queue.add_used(mem, head, len) {
+                log::warn!("net{}: RX used ring: {e}", self.id);
+            }
+        }
+    }
+}
+
+/// Event tokens.
+const RX_KICK: u32 = 0;
+const TX_KICK: u32 = 1;
+const BACKEND: u32 = 2;
+const STOP: u32 = 3;
+
+/// Most TX chains gathered for one `writev` round.
+const TX_BATCH: usize = 64;
+/// Read buffer for passt's stream: several largest frames, so that one
+/// `read` brings many frames.
+const RX_BUFFER: usize = 512 * 1024;
+
+/// Outcome of offering one frame to the guest.
+enum Delivery {
+    Delivered,
+    /// No room: the frame stays in the decoder.
+    NoBuffers,
+    /// The guest's buffer is too small for it (no mergeable buffers): dropped.
+    Dropped,
+}
+
+/// One card's data path.
+#[derive(Debug)]
+pub struct NetWorker {
+    p: Link,
+    decoder: Decoder,
+    writer: FrameWriter,
+    rx: RxSide,
+    rx_blocked: bool,
+    tx_blocked: bool,
+    interest: EventSet,
+    stopped: bool,
+}
+
+impl NetWorker {
+    /// A data path over `parts`.
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            decoder: Decoder::new(RX_BUFFER),
+            writer: FrameWriter::new(),
+            rx: RxSide {
+                id: parts.id,
+                queue: parts.rx_queue,
+                stash: VecDeque::new(),
+                mrg_rxbuf: parts.mrg_rxbuf,
+                stats: parts.stats.clone(),
+            },
+            rx_blocked: false,
+            tx_blocked: false,
+            interest: EventSet::empty(),
+            stopped: false,
+            p: Link {
+                id: parts.id,
+                mem: parts.mem,
+                tx_queue: parts.tx_queue,
+                rx_kick: parts.rx_kick,
+                tx_kick: parts.tx_kick,
+                stop: parts.stop,
+                backend: parts.backend,
+                interrupt: parts.interrupt,
+                link_up: parts.link_up,
+                stats: parts.stats,
+            },
+        }
+    }
+
+    /// Runs until told to stop; hands the backend back (if it still works).
+    pub fn run(self) -> Option<UnixStream> {
+        let id = self.p.id;
+        let mut manager = match EventManager::<NetWorker>::new() {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("net{id}: cannot create the event loop: {e:?}");
+                return self.p.backend;
+            }
+        };
+        let sub = manager.add_subscriber(self);
+        loop {
+            if let Err(e) = manager.run() {
+                log::error!("net{id}: event loop failed: {e:?}");
+                break;
+            }
+            match manager.subscriber_mut(sub) {
+                Ok(w) if !w.stopped => {}
+                _ => break,
+            }
+        }
+        manager
+            .remove_subscriber(sub)
+            .ok()
+            .and_then(|w| w.p.backend)
+    }
+
+    /// passt's stream broke: the link goes down, the guest is told, the VM runs on.
+    fn backend_lost(&mut self, why: &str, ops: &mut EventOps) {
+        if let Some(stream) = self.p.backend.take() {
+            log::warn!("net{}: passt connection lost ({why}); link down", self.p.id);
+            let _ = ops.remove(Events::empty(&stream));
+            self.interest = EventSet::empty();
+        }
+        self.writer = FrameWriter::new();
+        self.tx_blocked = false;
+        if self.p.link_up.swap(false, Ordering::SeqCst) {
+            self.p.interrupt.signal_config_change();
+        }
+        // Whatever the guest queued for sending is dropped, so that it does not stall.
+        self.process_tx(ops);
+    }
+
+    /// Sends the guest's frames to passt.
+    fn process_tx(&mut self, ops: &mut EventOps) {
+        let mem = self.p.mem.clone();
+        let mut used_any = false;
+        loop {
+            let Some(stream) = self.p.backend.as_ref() else {
+                used_any |= self.drop_tx(&mem);
+                break;
+            };
+            let mut sink = FdSink::from(stream);
+            match self.writer.flush(&mut sink) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.tx_blocked = true;
+                    break;
+                }
+                Err(e) => {
+                    self.backend_lost(&format!("write: {e}"), ops);
+                    return;
+                }
+            }
+            // Gather a batch of well-formed chains, in ring order.
+            let mut heads = Vec::new();
+            let mut frames: Vec<OutFrame> = Vec::new();
+            if let Err(e) = self.p.tx_queue.disable_notification(&mem) {
+                log::debug!("net{}: {e}", self.p.id);
+            }
+            while frames.len() < TX_BATCH {
+                let Some(chain) = self.p.tx_queue.pop_descriptor_chain(&mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                match tx::frame_of_chain(&mem, chain) {
+                    Ok(frame) => {
+                        heads.push(head);
+                        frames.push(frame);
+                    }
+                    Err(e) => {
+                        log::debug!("net{}: TX chain {head}: {e}", self.p.id);
+                        bump(&self.p.stats.tx_errors, 1);
+                        self.add_used_tx(&mem, head);
+                        used_any = true;
+                    }
+                }
+            }
+            if frames.is_empty() {
+                match self.p.tx_queue.enable_notification(&mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        log::warn!("net{}: TX queue: {e}", self.p.id);
+                        break;
+                    }
+                }
+            }
+            let taken = match self.writer.write(&mut sink, &frames) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    // Cannot happen: chain lengths were checked; drop the batch rather than loop.
+                    log::warn!("net{}: {e}", self.p.id);
+                    frames.len()
+                }
+                Err(e) => {
+                    // Put the unsent chains back before the link goes down (they are dropped there).
+                    self.rewind_tx(frames.len());
+                    self.backend_lost(&format!("write: {e}"), ops);
+                    return;
+                }
+            };
+            for (head, frame) in heads.iter().zip(&frames).take(taken) {
+                self.add_used_tx(&mem, *head);
+                bump(&self.p.stats.tx_frames, 1);
+                bump(&self.p.stats.tx_bytes, frame.len() as u64);
+            }
+            used_any |= taken > 0;
+            if taken < frames.len() {
+                self.rewind_tx(frames.len() - taken);
+                self.tx_blocked = true;
+                break;
+            }
+            if self.writer.has_pending() {
+                self.tx_blocked = true;
+                break;
+            }
+            self.tx_blocked = false;
+        }
+        if used_any {
+            self.notify(&mem, TxOrRx::Tx);
+        }
+        self.update_interest(ops);
+    }
+
+    /// Gives back the last `n` chains popped from the TX ring.
+    fn rewind_tx(&mut self, n: usize) {
+        let next = self.p.tx_queue.next_avail().wrapping_sub(n as u16);
+        self.p.tx_queue.set_next_avail(next);
+    }
+
+    /// Without passt, TX chains are consumed and dropped.
+    fn drop_tx(&mut self, mem: &GuestMemory) -> bool {
+        let mut any = false;
+        while let Some(chain) = self.p.tx_queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            self.add_used_tx(mem, head);
+            bump(&self.p.stats.tx_dropped, 1);
+            any = true;
+        }
+        any
+    }
+
+    fn add_used_tx(&mut self, mem: &GuestMemory, head: u16) {
+        if let Err(e) = self.p.tx_queue.add_used(mem, head, 0) {
+            log::warn!("net{}: TX used ring: {e}", self.p.id);
+        }
+    }
+
+    fn notify(&mut self, mem: &GuestMemory, which: TxOrRx) {
+        let queue = match which {
+            TxOrRx::Tx => &mut self.p.tx_queue,
+            TxOrRx::Rx => &mut self.rx.queue,
+        };
+        match queue.needs_notification(mem) {
+            Ok(true) => self.p.interrupt.signal_used_queue(),
+            Ok(false) => {}
+            Err(e) => {
+                log::debug!("net{}: {e}", self.p.id);
+                self.p.interrupt.signal_used_queue();
+            }
+        }
+    }
+
+    /// Moves frames from passt's stream into the guest.
+    fn process_rx(&mut self, ops: &mut EventOps) {
+        let mem = self.p.mem.clone();
+        let mut delivered = false;
+        'outer: loop {
+            loop {
+                let frame = match self.decoder.peek() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.backend_lost(&e.to_string(), ops);
+                        break 'outer;
+                    }
+                };
+                match self.rx.deliver(&mem, frame) {
+                    Delivery::Delivered => {
+                        delivered = true;
+                        self.decoder.consume();
+                    }
+                    Delivery::Dropped => self.decoder.consume(),
+                    Delivery::NoBuffers => {
+                        self.rx_blocked = true;
+                        break 'outer;
+                    }
+                }
+            }
+            let Some(stream) = self.p.backend.as_mut() else {
+                break;
+            };
+            match self.decoder.fill_from(stream) {
+                Ok(0) => {
+                    self.backend_lost("passt closed the connection", ops);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.backend_lost(&format!("read: {e}"), ops);
+                    break;
+                }
+            }
+        }
+        if delivered {
+            self.notify(&mem, TxOrRx::Rx);
+        }
+        self.update_interest(ops);
+    }
+
+    /// Watches the socket for what the data path waits on.
+    fn update_interest(&mut self, ops: &mut EventOps) {
+        let Some(stream) = self.p.backend.as_ref() else {
+            return;
+        };
+        let mut want = EventSet::READ_HANG_UP;
+        if !self.rx_blocked {
+            want |= EventSet::IN;
+        }
+        if self.tx_blocked {
+            want |= EventSet::OUT;
+        }
+        if want == self.interest {
+            return;
+        }
+        let events = Events::with_data(stream, BACKEND, want);
+        let result = if self.interest.is_empty() {
+            ops.add(events)
+        } else {
+            ops.modify(events)
+        };
+        match result {
+            Ok(()) => self.interest = want,
+            Err(e) => log::error!("net{}: cannot watch the passt socket: {e:?}", self.p.id),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum TxOrRx {
+    Tx,
+    Rx,
+}
+
+impl MutEventSubscriber for NetWorker {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            RX_KICK => {
+                let _ = self.p.rx_kick.read();
+                self.rx_blocked = false;
+                self.process_rx(ops);
+            }
+            TX_KICK => {
+                let _ = self.p.tx_kick.read();
+                self.process_tx(ops);
+            }
+            BACKEND => {
+                let set = events.event_set();
+                if set.contains(EventSet::OUT) {
+                    self.process_tx(ops);
+                }
+                if set.intersects(
+                    EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
+                ) {
+                    // Reading tells EOF and errors apart from data.
+                    self.process_rx(ops);
+                    if self.rx_blocked && set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+                        self.backend_lost("socket hang-up", ops);
+                    }
+                }
+            }
+            STOP => {
+                let _ = self.p.stop.read();
+                self.stopped = true;
+            }
+            other => log::warn!("net{}: unexpected event {other}", self.p.id),
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (fd, token) in [
+            (&self.p.rx_kick, RX_KICK),
+            (&self.p.tx_kick, TX_KICK),
+            (&self.p.stop, STOP),
+        ] {
+            if let Err(e) = ops.add(Events::with_data(fd, token, EventSet::IN)) {
+                log::error!("net{}: cannot watch an eventfd: {e:?}", self.p.id);
+            }
+        }
+        if let Some(stream) = self.p.backend.as_ref() {
+            if let Err(e) = stream.set_nonblocking(true) {
+                log::error!(
+                    "net{}: cannot make the passt socket non-blocking: {e}",
+                    self.p.id
+                );
+            }
+        } else if self.p.link_up.swap(false, Ordering::SeqCst) {
+            self.p.interrupt.signal_config_change();
+        }
+        // RX notifications only when the guest's buffers run out.
+        let _ = self.rx.queue.disable_notification(&self.p.mem);
+        self.update_interest(ops);
+        // Frames or chains may have been waiting since before a reset.
+        self.process_tx(ops);
+        self.process_rx(ops);
+    }
+}

@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Starting and stopping passt: a `socketpair`, one end inherited by
+//! `passt -f -F FD` (foreground, one-off: it exits when ferry's end
+//! closes), passt's messages forwarded to ferry's log, and no passt left
+//! behind when ferry exits or dies.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors while starting passt.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The passt binary is not there.
+    #[error("passt not found ({0}): install it (apt-get install passt), pass --passt PATH, or use --net none")]
+    NotFound(String),
+    /// The socket pair could not be created.
+    #[error("cannot create the socket pair for passt")]
+    SocketPair(#[source] std::io::Error),
+    /// The process could not be started.
+    #[error("cannot start {0}")]
+    Spawn(String, #[source] std::io::Error),
+    /// passt exited right after it started.
+    #[error("passt exited at start ({0}); its messages are above")]
+    EarlyExit(ExitStatus),
+}
+
+/// How to run passt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasstConfig {
+    /// The binary: a path, or a name looked up in PATH.
+    pub binary: PathBuf,
+    /// Extra arguments, passed verbatim after ferry's own.
+    pub args: Vec<String>,
+}
+
+impl Default for PasstConfig {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("passt"),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// Finds `binary` as given, or in PATH when it is a bare name.
+pub fn resolve(binary: &Path) -> Option<PathBuf> {
+    if binary.components().count() > 1 {
+        return binary.is_file().then(|| binary.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+}
+
+/// A running passt.
+#[derive(Debug)]
+pub struct Passt {
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+/// How long passt gets to exit on its own once ferry's end of the socket closes.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+impl Passt {
+    /// Starts passt on one end of a new socket pair and returns ferry's end.
+    pub fn start(config: &PasstConfig) -> Result<(Self, UnixStream), Error> {
+        let binary = resolve(&config.binary)
+            .ok_or_else(|| Error::NotFound(config.binary.display().to_string()))?;
+        let (ours, theirs) = socket_pair().map_err(Error::SocketPair)?;
+        let fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(&binary);
+        cmd.args(["-f", "-F", &fd.to_string()])
+            .args(&config.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Terminal signals go to ferry, which then stops passt itself.
+            .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec and only
+        // makes async-signal-safe calls (fcntl, prctl, sigprocmask).
+        unsafe {
+            cmd.pre_exec(move || {
+                // passt's end survives exec; every other descriptor of ferry's is CLOEXEC.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // passt goes when ferry goes (until passt drops privileges;
+                // then the closed socket ends its one-off session).
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::Spawn(binary.display().to_string(), e))?;
+        drop(theirs);
+        if let Some(out) = child.stdout.take() {
+            forward_lines(out);
+        }
+        if let Some(err) = child.stderr.take() {
+            forward_lines(err);
+        }
+        log::debug!("started {} (pid {})", binary.display(), child.id());
+        let mut passt = Passt {
+            child,
+            status: None,
+        };
+        // A bad option makes passt exit at once: say so before the guest starts.
+        std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = passt.exited() {
+            return Err(Error::EarlyExit(status));
+        }
+        Ok((passt, ours))
+    }
+
+    /// passt's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// passt's exit status, if it has exited (reaping it).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Stops passt: waits briefly for it to leave on its own (ferry's end of
+    /// the socket must be closed first), then SIGTERM, then SIGKILL. Returns its status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        for signal in [None, Some(libc::SIGTERM), Some(libc::SIGKILL)] {
+            if let Some(sig) = signal {
+                if self.exited().is_none() {
+                    // SAFETY: kill on our own child's pid, not yet reaped.
+                    unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+                }
+            }
+            let deadline = Instant::now() + EXIT_GRACE;
+            while Instant::now() < deadline {
+                if let Some(status) = self.exited() {
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.exited()
+    }
+}
+
+impl Drop for Passt {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A connected pair of UNIX stream sockets, both close-on-exec.
+fn socket_pair() -> std::io::Result<(UnixStream, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `fds` on success.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    let ours = unsafe { UnixStream::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let theirs = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((ours, theirs))
+}
+
+/// Forwards each line `source` prints to ferry's log, on a thread of its own.
+fn forward_lines<R: std::io::Read + Send + 'static>(source: R) {
+    let spawned = std::thread::Builder::new()
+        .name("passt-log".into())
+        .spawn(move || {
+            for line in BufReader::new(source).lines().map_while(Result::ok) {
+                // passt also tries syslog; where there is none it says so on every line.
+                let noise = line.starts_with("Failed to send") && line.ends_with("to syslog");
+                if !line.trim().is_empty() && !noise {
+                    log::info!("passt: {line}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot forward passt's messages: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_missing_binary_is_named() {
+        let config = PasstConfig {
+            binary: "/nonexistent/passt".into(),
+            args: vec![],
+        };
+        let err = Passt::start(&config).unwrap_err();
+        assert!(err.to_string().contains("apt-get install passt"), "{err}");
+    }
+
+    #[test]
+    fn bare_names_are_looked_up_in_path() {
+        assert!(resolve(Path::new("sh")).is_some());
+        assert!(resolve(Path::new("surely-not-a-real-binary-name")).is_none());
+    }
+
+    /// A stand-in child (cat on the inherited socket) shows the plumbing:
+    /// the child gets its end as FD, and leaves once ferry's end closes.
+    #[test]
+    fn the_child_speaks_on_the_inherited_socket_and_is_stopped() {
+        let dir = std::env::temp_dir().join(format!("ferry-launcher-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("echo-peer");
+        // Arguments: -f -F FD. Echo what comes in on FD back out on FD.
+        std::fs::write(&script, "#!/bin/sh\nexec cat <&$3 >&$3\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let config = PasstConfig {
+            binary: script,
+            args: vec![],
+        };
+        let (mut passt, mut stream) = Passt::start(&config).unwrap();
+        stream.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        drop(stream);
+        let status = passt.stop().expect("the child should be gone");
+        assert!(status.success() || status.code().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

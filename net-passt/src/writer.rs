@@ -1,0 +1,324 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Writing frames to passt: each frame's length prefix and segments go
+//! out in one `writev` with the frames before and after it. A short write
+//! never tears the stream: the unsent rest of a started frame is copied
+//! aside and goes out first on the next call.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use crate::frame::{self, FrameError, PREFIX_LEN};
+
+/// Most iovecs one `writev` takes (Linux `UIO_MAXIOV`).
+const MAX_IOVECS: usize = 1024;
+
+/// One outgoing frame: its segments, in memory that stays readable and
+/// unchanged by ferry while the frame is written (guest memory).
+#[derive(Debug)]
+pub struct OutFrame {
+    segments: Vec<libc::iovec>,
+    len: usize,
+}
+
+// SAFETY: the iovecs point into guest memory, which lives as long as the VM
+// and is reachable from any thread; the constructor's contract covers validity.
+unsafe impl Send for OutFrame {}
+
+impl OutFrame {
+    /// A frame made of `segments`.
+    ///
+    /// # Safety
+    /// Every segment must point to readable memory of its length that
+    /// stays mapped until the frame has been passed to [`FrameWriter::write`].
+    pub unsafe fn new(segments: Vec<libc::iovec>) -> Self {
+        let len = segments.iter().map(|s| s.iov_len).sum();
+        Self { segments, len }
+    }
+
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies bytes `from..` of the frame into `out`.
+    fn copy_tail(&self, mut from: usize, out: &mut Vec<u8>) {
+        for seg in &self.segments {
+            if from >= seg.iov_len {
+                from -= seg.iov_len;
+                continue;
+            }
+            // SAFETY: the constructor's contract: the segment is readable for its length.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(seg.iov_base as *const u8, seg.iov_len) };
+            out.extend_from_slice(&bytes[from..]);
+            from = 0;
+        }
+    }
+}
+
+/// Something frames can be written to with `writev`.
+pub trait VectoredSink {
+    /// Writes `iov` in order; returns how many bytes went out.
+    fn writev(&mut self, iov: &[libc::iovec]) -> io::Result<usize>;
+}
+
+/// Any descriptor: a UNIX stream socket to passt.
+#[derive(Debug)]
+pub struct FdSink(pub RawFd);
+
+impl<T: AsRawFd> From<&T> for FdSink {
+    fn from(fd: &T) -> Self {
+        FdSink(fd.as_raw_fd())
+    }
+}
+
+impl VectoredSink for FdSink {
+    fn writev(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: every iovec points to readable memory of its length (OutFrame's
+        // contract, or buffers owned by FrameWriter); the kernel only reads them.
+        let n = unsafe { libc::writev(self.0, iov.as_ptr(), iov.len() as libc::c_int) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// Frames out to passt, with the tail of a partly written frame kept aside.
+#[derive(Debug, Default)]
+pub struct FrameWriter {
+    pending: Vec<u8>,
+    sent: usize,
+}
+
+impl FrameWriter {
+    /// A writer with nothing pending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether part of a frame still waits to go out.
+    pub fn has_pending(&self) -> bool {
+        self.sent < self.pending.len()
+    }
+
+    /// Sends what is pending; true once nothing is.
+    pub fn flush<S: VectoredSink>(&mut self, sink: &mut S) -> io::Result<bool> {
+        while self.has_pending() {
+            let rest = &self.pending[self.sent..];
+            let iov = [libc::iovec {
+                iov_base: rest.as_ptr() as *mut libc::c_void,
+                iov_len: rest.len(),
+            }];
+            match sink.writev(&iov) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pending.clear();
+        self.sent = 0;
+        Ok(true)
+    }
+
+    /// Writes as many of `frames` as the sink takes, in order, after what
+    /// is pending. Returns how many frames were taken: written whole, or
+    /// started with their rest kept aside. Frames not taken were not touched.
+    /// A frame whose length passt cannot carry is an error before anything is written.
+    pub fn write<S: VectoredSink>(
+        &mut self,
+        sink: &mut S,
+        frames: &[OutFrame],
+    ) -> io::Result<usize> {
+        if !self.flush(sink)? {
+            return Ok(0);
+        }
+        let mut prefixes = Vec::with_capacity(frames.len());
+        for f in frames {
+            let p = frame::prefix(f.len)
+                .map_err(|e: FrameError| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            prefixes.push(p);
+        }
+        let mut taken = 0;
+        while taken < frames.len() {
+            // One writev for as many whole frames as fit in the iovec limit.
+            let mut iov = Vec::new();
+            let mut batch_end = taken;
+            while batch_end < frames.len()
+                && iov.len() + 1 + frames[batch_end].segments.len() <= MAX_IOVECS
+            {
+                iov.push(libc::iovec {
+                    iov_base: prefixes[batch_end].as_ptr() as *mut libc::c_void,
+                    iov_len: PREFIX_LEN,
+                });
+                iov.extend_from_slice(&frames[batch_end].segments);
+                batch_end += 1;
+            }
+            if batch_end == taken {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a frame has too many segments",
+                ));
+            }
+            let mut written = match sink.writev(&iov) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(taken),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            // Walk the frames this write covered.
+            let batch_start = taken;
+            for i in batch_start..batch_end {
+                let total = PREFIX_LEN + frames[i].len;
+                if written >= total {
+                    written -= total;
+                    continue;
+                }
+                if written > 0 {
+                    // Started, not finished: keep its rest aside; it counts as taken.
+                    self.pending.clear();
+                    self.sent = 0;
+                    if written < PREFIX_LEN {
+                        self.pending.extend_from_slice(&prefixes[i][written..]);
+                        frames[i].copy_tail(0, &mut self.pending);
+                    } else {
+                        frames[i].copy_tail(written - PREFIX_LEN, &mut self.pending);
+                    }
+                    return Ok(i + 1);
+                }
+                return Ok(i);
+            }
+            taken = batch_end;
+        }
+        Ok(taken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Decoder;
+
+    /// A sink taking at most `limits[i]` bytes on its i-th call (cycled), then WouldBlock.
+    struct Choppy {
+        out: Vec<u8>,
+        limits: Vec<usize>,
+        calls: usize,
+    }
+
+    impl VectoredSink for Choppy {
+        fn writev(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
+            let limit = self.limits[self.calls % self.limits.len()];
+            self.calls += 1;
+            if limit == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for v in iov {
+                // SAFETY: test iovecs point to live test buffers.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+                let take = bytes.len().min(limit - n);
+                self.out.extend_from_slice(&bytes[..take]);
+                n += take;
+                if n == limit {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    fn out_frame(parts: &[&[u8]]) -> OutFrame {
+        let segments = parts
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        // SAFETY: the parts outlive every use in these tests.
+        unsafe { OutFrame::new(segments) }
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut dec = Decoder::new(0);
+        dec.spare()[..bytes.len()].copy_from_slice(bytes);
+        dec.commit(bytes.len());
+        let mut frames = Vec::new();
+        while let Some(f) = dec.peek().unwrap() {
+            frames.push(f.to_vec());
+            dec.consume();
+        }
+        assert_eq!(dec.buffered(), 0, "the stream must end on a frame boundary");
+        frames
+    }
+
+    #[test]
+    fn short_writes_never_tear_the_stream() {
+        let a: Vec<u8> = (0..100u8).collect();
+        let b = vec![7u8; 1500];
+        let c = vec![9u8; 20];
+        let expected = vec![a.clone(), [b.clone(), c.clone()].concat(), c.clone()];
+        for limits in [
+            vec![1],
+            vec![2, 0],
+            vec![3, 0, 50],
+            vec![5000],
+            vec![104, 0, 1],
+            vec![0, 2000],
+        ] {
+            let mut sink = Choppy {
+                out: Vec::new(),
+                limits: limits.clone(),
+                calls: 0,
+            };
+            let mut writer = FrameWriter::new();
+            let frames = [out_frame(&[&a]), out_frame(&[&b, &c]), out_frame(&[&c])];
+            let mut next = 0;
+            let mut rounds = 0;
+            while next < frames.len() || writer.has_pending() {
+                next += writer.write(&mut sink, &frames[next..]).unwrap();
+                rounds += 1;
+                assert!(rounds < 10_000, "no progress with limits {limits:?}");
+            }
+            assert_eq!(decode(&sink.out), expected, "limits {limits:?}");
+        }
+    }
+
+    #[test]
+    fn frames_not_taken_are_untouched() {
+        let a = vec![1u8; 60];
+        let mut sink = Choppy {
+            out: Vec::new(),
+            limits: vec![0],
+            calls: 0,
+        };
+        let mut writer = FrameWriter::new();
+        assert_eq!(writer.write(&mut sink, &[out_frame(&[&a])]).unwrap(), 0);
+        assert!(!writer.has_pending());
+        assert!(sink.out.is_empty());
+    }
+
+    #[test]
+    fn a_frame_too_long_for_passt_is_refused() {
+        let big = vec![0u8; 70_000];
+        let tiny = vec![0u8; 4];
+        let mut sink = Choppy {
+            out: Vec::new(),
+            limits: vec![usize::MAX],
+            calls: 0,
+        };
+        let mut writer = FrameWriter::new();
+        assert!(writer.write(&mut sink, &[out_frame(&[&big])]).is_err());
+        assert!(writer.write(&mut sink, &[out_frame(&[&tiny])]).is_err());
+        assert!(sink.out.is_empty());
+    }
+}
