@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # Builds the test guest into resources/out/ from Debian packages only:
 #   out/vmlinuz         the stock Debian cloud kernel (bzImage)
-#   out/initramfs.cpio.gz  busybox-static, the kernel modules the guest needs, and /init
+#   out/initramfs.cpio.gz  busybox-static, the kernel modules the guest needs, /init and ft
+#   out/initramfs-bench.cpio.gz  the same plus iperf3, for bench/
 # Needs: apt-get (with lists updated), dpkg, cpio, gzip, kmod (depmod), busybox-static.
 # Re-running it with nothing changed only checks the inputs and exits.
 set -euo pipefail
@@ -21,9 +22,11 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: lin
 [ -n "$pkg" ] || { echo "build-guest: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
 
 # Everything that shapes the output goes into one stamp; same stamp, nothing to do.
-modules="virtio virtio_ring virtio_mmio failover net_failover virtio_net virtio_blk pvpanic pvpanic_mmio ext4"
-stamp="$pkg $(sha256sum "$here/init" "$here/udhcpc.script" /bin/busybox "$0" | sha256sum | cut -c1-16) $modules"
-if [ -s "$out/initramfs.cpio.gz" ] && [ -s "$out/vmlinuz" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
+modules="virtio virtio_ring virtio_mmio virtio_pci failover net_failover virtio_net virtio_blk pvpanic pvpanic_mmio ext4"
+inputs="$here/init $here/udhcpc.script /bin/busybox $0 $here/guest-tool/Cargo.toml $here/guest-tool/src/main.rs"
+inputs="$inputs $(command -v iperf3 || true)"
+stamp="$pkg $(sha256sum $inputs | sha256sum | cut -c1-16) $modules"
+if [ -s "$out/initramfs.cpio.gz" ] && [ -s "$out/initramfs-bench.cpio.gz" ] && [ -s "$out/vmlinuz" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "build-guest: $out is up to date ($pkg)"
   exit 0
 fi
@@ -44,12 +47,18 @@ moddir=$tmp/x/lib/modules/$kver
 depmod -b "$tmp/x" "$kver"
 
 root=$tmp/root
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,mnt,lib/modules}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,mnt,lib/modules,usr/bin}
 cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 cp "$here/init" "$root/init"
 cp "$here/udhcpc.script" "$root/etc/udhcpc.script"
 chmod +x "$root/init" "$root/etc/udhcpc.script"
+
+# ft, the guest's network check tool: static, so it needs no libraries.
+command -v cargo >/dev/null || { echo "build-guest: cargo is missing (the guest tool is Rust)" >&2; exit 1; }
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
+  --manifest-path "$here/guest-tool/Cargo.toml" --target x86_64-unknown-linux-gnu --target-dir "$out/guest-tool"
+cp "$out/guest-tool/x86_64-unknown-linux-gnu/release/ft" "$root/bin/ft"
 
 # Load order: each module after the modules it depends on (modules.dep).
 declare -A seen=()
@@ -81,7 +90,17 @@ for p in "${order[@]}"; do
   echo "$f"
 done > "$root/lib/modules/order"
 
-(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) > "$out/initramfs.cpio.gz.new"
+pack() { (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) > "$1"; }
+pack "$out/initramfs.cpio.gz.new"
+
+# The benchmark guest: the same, plus iperf3 with the libraries it links.
+command -v iperf3 >/dev/null || { echo "build-guest: iperf3 missing (apt-get install -y iperf3)" >&2; exit 1; }
+for f in "$(command -v iperf3)" $(ldd "$(command -v iperf3)" | grep -o '/[^ ]*'); do
+  mkdir -p "$root$(dirname "$f")"
+  cp -L "$f" "$root$f"
+done
+pack "$out/initramfs-bench.cpio.gz.new"
+mv "$out/initramfs-bench.cpio.gz.new" "$out/initramfs-bench.cpio.gz"
 cp "$tmp/x/boot/vmlinuz-$kver" "$out/vmlinuz"
 mv "$out/initramfs.cpio.gz.new" "$out/initramfs.cpio.gz"
 echo "$stamp" > "$out/stamp"

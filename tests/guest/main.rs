@@ -15,10 +15,11 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod net;
 mod tests;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{guest_file, repo_root, Outcome, FERRY};
@@ -44,6 +45,7 @@ pub struct Boot {
     guest_cmd: String,
     timeout: Duration,
     expect_reset: bool,
+    as_nobody: bool,
 }
 
 impl Boot {
@@ -55,7 +57,25 @@ impl Boot {
             guest_cmd: guest_cmd.to_string(),
             timeout: Duration::from_secs(150),
             expect_reset: false,
+            as_nobody: false,
         }
+    }
+
+    /// Runs ferry as user and group nobody (65534), with no other group:
+    /// its only privilege is /dev/kvm's permissions.
+    pub fn as_nobody(mut self) -> Self {
+        self.as_nobody = true;
+        self
+    }
+
+    /// Starts ferry and hands back the child, output discarded.
+    pub fn spawn(&self) -> Result<Child, String> {
+        self.command()?
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start ferry: {e}"))
     }
 
     /// Adds ferry arguments.
@@ -71,37 +91,50 @@ impl Boot {
     }
 
     fn command(&self) -> Result<Command, String> {
-        let mut cmd = Command::new(FERRY);
+        if self.guest_cmd.contains('"') {
+            return Err(
+                "a guest command cannot hold a double quote (the kernel command line quotes it)"
+                    .into(),
+            );
+        }
+        let mut cmd = if self.as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", FERRY]);
+            c
+        } else {
+            Command::new(FERRY)
+        };
         cmd.arg("--kernel")
             .arg(guest_file("vmlinuz")?)
             .arg("--initrd")
             .arg(guest_file("initramfs.cpio.gz")?)
             .arg("--log-level")
-            .arg("info")
+            .arg(std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .arg("--cmdline")
-            .arg(format!("{BASE_CMDLINE} -- {}", self.guest_cmd))
+            // One quoted argument: the kernel hands init at most 32 words.
+            .arg(format!("{BASE_CMDLINE} -- \"{}\"", self.guest_cmd))
             .args(&self.args);
         Ok(cmd)
     }
 
-    /// Boots, retrying once a run that stalled or reset unasked.
+    /// Boots once. A run that stalled, or reset when the test did not ask
+    /// for it, is an error marked [`FLAKE`]: the runner retries the whole test once.
     pub fn run(&self) -> Result<Outcome, String> {
-        let first = common::run(self.command()?, self.timeout);
-        let flaked = first.timed_out || (!self.expect_reset && first.status == Some(GUEST_RESET));
-        if !flaked {
-            return Ok(first);
-        }
-        eprintln!(
-            "    RETRY: the guest {} (a known hazard of nested KVM); retrying once",
-            if first.timed_out {
+        let out = common::run(self.command()?, self.timeout);
+        if out.timed_out || (!self.expect_reset && out.status == Some(GUEST_RESET)) {
+            let what = if out.timed_out {
                 "stalled"
             } else {
                 "reset unasked"
-            }
-        );
-        Ok(common::run(self.command()?, self.timeout))
+            };
+            return Err(format!("{FLAKE}the guest {what}\n{}", out.describe()));
+        }
+        Ok(out)
     }
 }
+
+/// Marks an error as the nested-KVM hazard (a frozen or reset guest).
+pub const FLAKE: &str = "FLAKE: ";
 
 /// Fails with `out`'s account unless `cond` holds.
 pub fn check(cond: bool, what: &str, out: &Outcome) -> Result<(), String> {
@@ -191,8 +224,44 @@ fn run_inside_kvm_host(why: &str, filter: &[String]) -> i32 {
     1
 }
 
+/// Checks what the network tests need, and sets up what only the throwaway
+/// kvm-host VM may have changed. Returns why the tests cannot run, if they cannot.
+fn prepare_host() -> Result<(), String> {
+    if ferry_net_passt_missing() {
+        return Err(
+            "passt is not installed (apt-get install passt): the network tests need it".into(),
+        );
+    }
+    if std::env::var_os(INSIDE_ENV).is_some() {
+        // passt (as nobody, or as the user running ferry) answers the guest's
+        // pings with ICMP echo sockets, which ping_group_range must allow.
+        // Only ever inside kvm-host: never on the host itself.
+        let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
+        // kvm-host's default gateway (192.0.2.254) is a route into a dummy
+        // interface: nothing answers there. passt relays the guest's pings
+        // as real ICMP, so give that address to kvm-host's loopback, as a
+        // real router would answer.
+        let _ = Command::new("ip")
+            .args(["addr", "add", "192.0.2.254/32", "dev", "lo"])
+            .stderr(Stdio::null())
+            .status();
+    }
+    Ok(())
+}
+
+fn ferry_net_passt_missing() -> bool {
+    std::env::var_os("PATH")
+        .map(|p| !std::env::split_paths(&p).any(|d| d.join("passt").is_file()))
+        .unwrap_or(true)
+}
+
 /// Runs the tests whose names contain one of `filter` (all if empty); returns the exit status.
 fn run_here(filter: &[String]) -> i32 {
+    if let Err(why) = prepare_host() {
+        println!("guest tests cannot run: {why}");
+        println!("guest: 0 passed, 1 failed");
+        return 1;
+    }
     let selected: Vec<&Test> = tests::ALL
         .iter()
         .filter(|t| filter.is_empty() || filter.iter().any(|f| t.name.contains(f.as_str())))
@@ -201,7 +270,21 @@ fn run_here(filter: &[String]) -> i32 {
     let (mut passed, mut failed) = (0, Vec::new());
     for test in selected {
         let started = Instant::now();
-        match (test.run)() {
+        let mut result = (test.run)();
+        if let Err(msg) = &result {
+            if msg.starts_with(FLAKE) {
+                println!(
+                    "    RETRY {}: {} (a known hazard of nested KVM); retrying once",
+                    test.name,
+                    msg.lines().next().unwrap_or_default()
+                );
+                if std::env::var_os("FERRY_TEST_VERBOSE").is_some() {
+                    println!("{msg}");
+                }
+                result = (test.run)();
+            }
+        }
+        match result {
             Ok(()) => {
                 passed += 1;
                 println!(

@@ -1,41 +1,36 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The guest tests, in the order they run.
 
-use crate::{check, Boot, Test, GUEST_RESET};
+use std::time::Duration;
+
+use crate::{check, net, Boot, Test, GUEST_RESET};
 
 /// The pvpanic exit status.
 const GUEST_PANIC: i32 = 81;
 
+/// Every guest test, in order, each named after its function.
+macro_rules! tests {
+    ($($test:ident),* $(,)?) => {
+        &[$(Test { name: stringify!($test), run: $test }),*]
+    };
+}
+
 /// Every guest test.
-pub const ALL: &[Test] = &[
-    Test {
-        name: "boots_to_userspace",
-        run: boots_to_userspace,
-    },
-    Test {
-        name: "guest_exit_status_reaches_ferry",
-        run: guest_exit_status_reaches_ferry,
-    },
-    Test {
-        name: "two_vcpus_are_online",
-        run: two_vcpus_are_online,
-    },
-    Test {
-        name: "guest_poweroff_ends_the_vm",
-        run: guest_poweroff_ends_the_vm,
-    },
-    Test {
-        name: "guest_reboot_ends_the_vm",
-        run: guest_reboot_ends_the_vm,
-    },
-    Test {
-        name: "kernel_panic_ends_the_vm",
-        run: kernel_panic_ends_the_vm,
-    },
-    Test {
-        name: "console_to_file_holds_the_kernel_log",
-        run: console_to_file_holds_the_kernel_log,
-    },
+pub const ALL: &[Test] = tests![
+    boots_to_userspace,
+    guest_exit_status_reaches_ferry,
+    two_vcpus_are_online,
+    guest_poweroff_ends_the_vm,
+    guest_reboot_ends_the_vm,
+    kernel_panic_ends_the_vm,
+    console_to_file_holds_the_kernel_log,
+    network_dhcp_slaac_and_ping,
+    tcp_guest_to_host,
+    tcp_host_to_guest,
+    udp_both_ways,
+    rootless_network,
+    passt_killed_mid_transfer,
+    sigkill_leaves_no_passt,
 ];
 
 fn boots_to_userspace() -> Result<(), String> {
@@ -155,4 +150,280 @@ fn console_to_file_holds_the_kernel_log() -> Result<(), String> {
         "nothing should reach stdout",
         &out,
     )
+}
+
+/// Asserts that no passt outlived ferry.
+fn no_passt_left(out: &crate::common::Outcome) -> Result<(), String> {
+    let left = net::wait_no_passt(Duration::from_secs(3));
+    check(
+        left.is_empty(),
+        &format!("passt processes left after ferry exited: {left:?}"),
+        out,
+    )
+}
+
+/// The address passt's log says it assigns for IPv4 (`v6` false) or IPv6.
+fn passt_assigns(stderr: &str, v6: bool) -> Option<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("assign:").nth(1))
+        .map(|a| a.trim().to_string())
+        .find(|a| a.contains(':') == v6)
+}
+
+fn network_dhcp_slaac_and_ping() -> Result<(), String> {
+    let cmd = "ip -4 -o addr show eth0; ip route; \
+        i=0; while ! ip -6 addr show eth0 scope global | grep -q inet6; do i=$((i+1)); [ $i -gt 60 ] && break; sleep 0.25; done; \
+        ip -6 -o addr show eth0 scope global; \
+        ping -c 2 -W 5 192.0.2.254 && echo ping-ok";
+    let out = Boot::new(cmd).run()?;
+    check(
+        out.status == Some(0),
+        "the guest's checks should pass",
+        &out,
+    )?;
+    let v4 = passt_assigns(&out.stderr, false).ok_or("passt did not log its IPv4 assignment")?;
+    check(
+        out.stdout.contains(&format!("inet {v4}/24")),
+        &format!("the guest should have passt's address {v4} by DHCP"),
+        &out,
+    )?;
+    check(
+        out.stdout.contains("default via 192.0.2.254"),
+        "the default route should be passt's gateway",
+        &out,
+    )?;
+    let v6 = passt_assigns(&out.stderr, true).ok_or("passt did not log its IPv6 assignment")?;
+    let prefix: String = v6.split("::").next().unwrap_or_default().to_string();
+    check(
+        out.stdout.contains(&format!("inet6 {prefix}:")),
+        &format!("the guest should have a global IPv6 address in passt's prefix {prefix}::/64"),
+        &out,
+    )?;
+    check(
+        out.stdout.contains("ping-ok"),
+        "the gateway should answer pings",
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+/// Bytes of the integrity transfers.
+const TRANSFER: usize = 64 << 20;
+
+/// Pulls the sha256 the guest printed (`HEX  /tmp/blob`).
+fn guest_sha(stdout: &str) -> Option<String> {
+    stdout.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.windows(2).find_map(|w| {
+            let is_hash = w[0].len() == 64 && w[0].bytes().all(|b| b.is_ascii_hexdigit());
+            (is_hash && w[1] == "/tmp/blob").then(|| w[0].to_string())
+        })
+    })
+}
+
+fn tcp_guest_to_host() -> Result<(), String> {
+    let (port, sink) = net::tcp_sink(Duration::from_secs(150), Some(TRANSFER as u64), |_| {});
+    // The guest holds the connection until the host closes it: only then has every byte arrived.
+    let cmd = format!(
+        "head -c {TRANSFER} /dev/urandom > /tmp/blob && sha256sum /tmp/blob && \
+         nc {} {port} -e sh -c 'cat /tmp/blob; cat > /dev/null'",
+        net::GATEWAY
+    );
+    let out = Boot::new(&cmd).args(&["--memory", "512"]).run()?;
+    let got = sink.join().map_err(|_| "the sink panicked")??;
+    check(
+        out.status == Some(0),
+        "the guest's send should succeed",
+        &out,
+    )?;
+    let sent = guest_sha(&out.stdout).ok_or("the guest printed no checksum")?;
+    check(
+        got.bytes == TRANSFER as u64 && got.sha256 == sent,
+        &format!(
+            "the host got {} bytes with sha256 {}; the guest sent {TRANSFER} with {sent}",
+            got.bytes, got.sha256
+        ),
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+fn tcp_host_to_guest() -> Result<(), String> {
+    let data = net::pattern(TRANSFER);
+    let expected = net::sha256(&data);
+    let port = free_tcp_port();
+    let source = net::tcp_source(port, data, Duration::from_secs(150));
+    let cmd = "nc -l -p 5000 -e sh -c 'cat > /tmp/blob'; echo rx-bytes=$(wc -c < /tmp/blob); sha256sum /tmp/blob";
+    let publish = format!("127.0.0.1:{port}:5000");
+    let out = Boot::new(cmd)
+        .args(&["--memory", "512", "--publish", &publish])
+        .run()?;
+    let sent = source.join().map_err(|_| "the source panicked")?;
+    check(
+        sent.is_ok(),
+        &format!("the host should have sent the data: {sent:?}"),
+        &out,
+    )?;
+    check(
+        out.stdout.contains(&format!("rx-bytes={TRANSFER}")),
+        "the guest should have every byte",
+        &out,
+    )?;
+    check(
+        guest_sha(&out.stdout).as_deref() == Some(expected.as_str()),
+        &format!("the guest's sha256 should be {expected}"),
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A UDP port free on 127.0.0.1 right now.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn udp_both_ways() -> Result<(), String> {
+    const COUNT: u32 = 20;
+    let (echo_port, echo) = net::udp_echo(COUNT as usize, Duration::from_secs(150));
+    let fwd = free_udp_port();
+    let ping = net::udp_ping(fwd, COUNT, Duration::from_secs(150));
+    let cmd = format!(
+        "ft udp-echo 5001 {COUNT} & ft udp-ping {} {echo_port} {COUNT}; r=$?; wait $!; exit $((r + $?))",
+        net::GATEWAY
+    );
+    let publish = format!("127.0.0.1:{fwd}:5001/udp");
+    let out = Boot::new(&cmd).args(&["--publish", &publish]).run()?;
+    let echoed = echo.join().map_err(|_| "the echo server panicked")?;
+    let pinged = ping.join().map_err(|_| "the pinger panicked")?;
+    check(
+        out.stdout
+            .contains(&format!("udp-ping: sent {COUNT} echoed {COUNT}")),
+        "guest to host: every datagram should come back",
+        &out,
+    )?;
+    check(
+        echoed.is_ok(),
+        &format!("the host should have echoed: {echoed:?}"),
+        &out,
+    )?;
+    check(
+        pinged.is_ok(),
+        &format!("host to guest through the forward: {pinged:?}"),
+        &out,
+    )?;
+    check(
+        out.status == Some(0),
+        "the guest's UDP checks should pass",
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+fn rootless_network() -> Result<(), String> {
+    let (port, sink) = net::tcp_sink(Duration::from_secs(150), Some(1 << 20), |_| {});
+    let cmd = format!(
+        "head -c 1048576 /dev/urandom > /tmp/blob && sha256sum /tmp/blob && \
+         nc {} {port} -e sh -c 'cat /tmp/blob; cat > /dev/null'",
+        net::GATEWAY
+    );
+    let out = Boot::new(&cmd).as_nobody().run()?;
+    let got = sink.join().map_err(|_| "the sink panicked")??;
+    check(
+        out.status == Some(0),
+        "ferry as nobody should boot and network",
+        &out,
+    )?;
+    check(
+        out.stdout
+            .contains("init: network configured: 192.0.2.1/24"),
+        "DHCP should work rootless",
+        &out,
+    )?;
+    let sent = guest_sha(&out.stdout).ok_or("the guest printed no checksum")?;
+    check(
+        got.bytes == 1 << 20 && got.sha256 == sent,
+        "the transfer should be intact",
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+fn passt_killed_mid_transfer() -> Result<(), String> {
+    let mut killed = false;
+    let (port, sink) = net::tcp_sink(Duration::from_secs(150), None, move |bytes| {
+        if !killed && bytes > 1 << 20 {
+            let pids = net::passt_pids();
+            eprintln!("    killing passt {pids:?} after {bytes} bytes");
+            for pid in pids {
+                // SAFETY: kill with a pid read from /proc; the worst case is a no-op.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            killed = true;
+        }
+    });
+    let cmd = format!(
+        "nc {} {port} -e cat /dev/zero & \
+         for i in $(seq 240); do [ $(cat /sys/class/net/eth0/carrier) = 0 ] && break; sleep 0.25; done; \
+         echo carrier=$(cat /sys/class/net/eth0/carrier); kill $!",
+        net::GATEWAY
+    );
+    let out = Boot::new(&cmd).run()?;
+    let got = sink.join().map_err(|_| "the sink panicked")??;
+    check(
+        got.bytes > 1 << 20,
+        "the transfer should have started",
+        &out,
+    )?;
+    check(
+        out.stderr.contains("passt connection lost"),
+        "ferry should log the lost link",
+        &out,
+    )?;
+    check(
+        out.stdout.contains("carrier=0"),
+        "the guest should see its link down",
+        &out,
+    )?;
+    check(
+        out.status == Some(0),
+        "the VM should run on and exit with the guest's status",
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+fn sigkill_leaves_no_passt() -> Result<(), String> {
+    let mut child = Boot::new("sleep 600").spawn()?;
+    let pid = child.id() as i32;
+    // Wait for ferry's passt, then a little for the guest to be under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while net::passt_pids().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let had_passt = !net::passt_pids().is_empty();
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = child.wait();
+    let left = net::wait_no_passt(Duration::from_secs(5));
+    if !had_passt {
+        return Err("ferry never started passt".into());
+    }
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("passt outlived a SIGKILLed ferry: {left:?}"))
+    }
 }

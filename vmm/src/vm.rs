@@ -18,7 +18,7 @@ use ferry_devices::control::{AcpiSleep, BootMarker, ExitStatus, PvPanic};
 use ferry_devices::irq::IrqLine;
 use ferry_devices::legacy::{i8042, serial, Serial, I8042};
 use ferry_devices::virtio::mmio::{self, MmioTransport};
-use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig};
+use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig, NetStats};
 use ferry_devices::virtio::{Interrupt, VirtioDevice};
 use ferry_devices::vm_end::{ExitReason, VmEnd};
 use ferry_net_passt::Passt;
@@ -185,15 +185,17 @@ impl Devices {
     }
 }
 
-/// The running passt and a handle to shut its socket down at the end.
+/// The running passt, a handle to shut its socket down at the end, and the card's counters.
 struct PasstLink {
     passt: Passt,
     socket: UnixStream,
+    stats: Arc<NetStats>,
 }
 
 impl PasstLink {
     /// Closes the link so that passt leaves on its own, then makes sure it has.
     fn stop(mut self) {
+        log::info!("net0: {}", self.stats);
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
         match self.passt.stop() {
             Some(status) if !status.success() && status.signal().is_none() => {
@@ -228,7 +230,11 @@ fn add_network(
         },
         stream,
     );
-    let link = PasstLink { passt, socket };
+    let link = PasstLink {
+        passt,
+        socket,
+        stats: card.stats(),
+    };
     devices.add_virtio(vm, mem, Box::new(card))?;
     Ok(Some(link))
 }

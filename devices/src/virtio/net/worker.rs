@@ -43,6 +43,30 @@ pub struct NetStats {
     pub rx_errors: AtomicU64,
     /// Frames too large for the guest's buffer (without mergeable buffers).
     pub rx_dropped: AtomicU64,
+    /// Times the guest ran out of RX buffers (passt's stream was held back).
+    pub rx_waits: AtomicU64,
+    /// Times passt's socket was full (the TX ring was held back).
+    pub tx_waits: AtomicU64,
+}
+
+impl std::fmt::Display for NetStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "tx {} frames {} bytes ({} bad, {} dropped, {} waits), rx {} frames {} bytes ({} bad, {} dropped, {} waits)",
+            g(&self.tx_frames),
+            g(&self.tx_bytes),
+            g(&self.tx_errors),
+            g(&self.tx_dropped),
+            g(&self.tx_waits),
+            g(&self.rx_frames),
+            g(&self.rx_bytes),
+            g(&self.rx_errors),
+            g(&self.rx_dropped),
+            g(&self.rx_waits),
+        )
+    }
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -283,6 +307,7 @@ impl NetWorker {
                 Ok(true) => {}
                 Ok(false) => {
                     self.tx_blocked = true;
+                    bump(&self.p.stats.tx_waits, 1);
                     break;
                 }
                 Err(e) => {
@@ -344,13 +369,10 @@ impl NetWorker {
                 bump(&self.p.stats.tx_bytes, frame.len() as u64);
             }
             used_any |= taken > 0;
-            if taken < frames.len() {
+            if taken < frames.len() || self.writer.has_pending() {
                 self.rewind_tx(frames.len() - taken);
                 self.tx_blocked = true;
-                break;
-            }
-            if self.writer.has_pending() {
-                self.tx_blocked = true;
+                bump(&self.p.stats.tx_waits, 1);
                 break;
             }
             self.tx_blocked = false;
@@ -421,6 +443,10 @@ impl NetWorker {
                     }
                     Delivery::Dropped => self.decoder.consume(),
                     Delivery::NoBuffers => {
+                        log::trace!("net{}: RX waits for guest buffers", self.p.id);
+                        if !self.rx_blocked {
+                            bump(&self.p.stats.rx_waits, 1);
+                        }
                         self.rx_blocked = true;
                         break 'outer;
                     }
@@ -488,6 +514,7 @@ impl MutEventSubscriber for NetWorker {
         match events.data() {
             RX_KICK => {
                 let _ = self.p.rx_kick.read();
+                log::trace!("net{}: RX kick", self.p.id);
                 self.rx_blocked = false;
                 self.process_rx(ops);
             }
@@ -497,6 +524,7 @@ impl MutEventSubscriber for NetWorker {
             }
             BACKEND => {
                 let set = events.event_set();
+                log::trace!("net{}: socket events {set:?}", self.p.id);
                 if set.contains(EventSet::OUT) {
                     self.process_tx(ops);
                 }
@@ -544,5 +572,290 @@ impl MutEventSubscriber for NetWorker {
         // Frames or chains may have been waiting since before a reset.
         self.process_tx(ops);
         self.process_rx(ops);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::irq::IrqLine;
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    /// A worker on its own thread, with mock rings in `mem` and passt's end of the socket.
+    struct Harness {
+        mem: GuestMemory,
+        rx_kick: EventFd,
+        tx_kick: EventFd,
+        stop: EventFd,
+        irq: EventFd,
+        peer: UnixStream,
+        link_up: Arc<AtomicBool>,
+        stats: Arc<NetStats>,
+        rx_used: u64,
+        tx_used: u64,
+        thread: Option<std::thread::JoinHandle<Option<UnixStream>>>,
+    }
+
+    const RX_RING: GuestAddress = GuestAddress(0x1_0000);
+    const TX_RING: GuestAddress = GuestAddress(0x2_0000);
+
+    type Mock<'a> = MockSplitQueue<'a, GuestMemory>;
+
+    fn harness(mem: &GuestMemory, rxq: &Mock, txq: &Mock, mrg_rxbuf: bool) -> Harness {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let line = IrqLine::new(5).unwrap();
+        let irq = line.event().try_clone().unwrap();
+        let h = Harness {
+            mem: mem.clone(),
+            rx_kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            tx_kick: EventFd::new(EFD_NONBLOCK).unwrap(),
+            stop: EventFd::new(EFD_NONBLOCK).unwrap(),
+            irq,
+            peer,
+            link_up: Arc::new(AtomicBool::new(true)),
+            stats: Arc::new(NetStats::default()),
+            rx_used: rxq.used_addr().0,
+            tx_used: txq.used_addr().0,
+            thread: None,
+        };
+        let worker = NetWorker::new(Parts {
+            id: 0,
+            mem: mem.clone(),
+            rx_queue: rxq.create_queue().unwrap(),
+            tx_queue: txq.create_queue().unwrap(),
+            rx_kick: h.rx_kick.try_clone().unwrap(),
+            tx_kick: h.tx_kick.try_clone().unwrap(),
+            stop: h.stop.try_clone().unwrap(),
+            backend: Some(ours),
+            interrupt: Arc::new(Interrupt::new(line)),
+            link_up: h.link_up.clone(),
+            stats: h.stats.clone(),
+            mrg_rxbuf,
+        });
+        Harness {
+            thread: Some(std::thread::spawn(move || worker.run())),
+            ..h
+        }
+    }
+
+    impl Harness {
+        /// Where the mock queue at `ring` keeps its used ring.
+        fn used_ring(&self, ring: GuestAddress) -> u64 {
+            if ring == RX_RING {
+                self.rx_used
+            } else {
+                self.tx_used
+            }
+        }
+
+        fn used_idx(&self, ring: GuestAddress) -> u16 {
+            let used = self.used_ring(ring);
+            self.mem.read_obj::<u16>(GuestAddress(used + 2)).unwrap()
+        }
+
+        fn used_len(&self, ring: GuestAddress, slot: u64) -> u32 {
+            let used = self.used_ring(ring);
+            self.mem
+                .read_obj::<u32>(GuestAddress(used + 4 + 8 * slot + 4))
+                .unwrap()
+        }
+
+        fn wait_used(&self, ring: GuestAddress, idx: u16) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.used_idx(ring) < idx {
+                assert!(
+                    Instant::now() < deadline,
+                    "used index stuck at {}",
+                    self.used_idx(ring)
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+
+        fn finish(mut self) -> Option<UnixStream> {
+            self.stop.write(1).unwrap();
+            self.thread.take().unwrap().join().unwrap()
+        }
+    }
+
+    fn memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn tx_frame_goes_out_prefixed_without_its_header() {
+        let mem = memory();
+        let (rxq, txq) = (
+            Mock::create(&mem, RX_RING, 16),
+            Mock::create(&mem, TX_RING, 16),
+        );
+        let h = harness(&mem, &rxq, &txq, true);
+        let frame: Vec<u8> = (0..60u8).collect();
+        mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(0x10_0000))
+            .unwrap();
+        mem.write_slice(&frame[..20], GuestAddress(0x10_0000 + NET_HDR_LEN as u64))
+            .unwrap();
+        mem.write_slice(&frame[20..], GuestAddress(0x11_0000))
+            .unwrap();
+        txq.add_desc_chains(
+            &[
+                desc(0x10_0000, (NET_HDR_LEN + 20) as u32, NEXT, 1),
+                desc(0x11_0000, 40, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        h.tx_kick.write(1).unwrap();
+        let mut got = vec![0u8; 4 + 60];
+        (&h.peer).read_exact(&mut got).unwrap();
+        assert_eq!(&got[..4], &60u32.to_be_bytes());
+        assert_eq!(&got[4..], &frame[..]);
+        h.wait_used(TX_RING, 1);
+        assert_eq!(h.stats.tx_frames.load(Ordering::Relaxed), 1);
+        assert!(
+            h.irq.read().is_ok(),
+            "the guest is interrupted for used TX buffers"
+        );
+        assert!(
+            h.finish().is_some(),
+            "the backend comes back when the worker stops"
+        );
+    }
+
+    #[test]
+    fn malformed_tx_chains_are_consumed_and_counted() {
+        let mem = memory();
+        let (rxq, txq) = (
+            Mock::create(&mem, RX_RING, 16),
+            Mock::create(&mem, TX_RING, 16),
+        );
+        let h = harness(&mem, &rxq, &txq, true);
+        txq.add_desc_chains(
+            &[
+                // Device-writable: not a TX buffer.
+                desc(0x10_0000, 100, WRITE, 0),
+                // Outside guest memory.
+                desc(0x4000_0000, 100, 0, 0),
+                // Header only: a frame of zero bytes.
+                desc(0x10_0000, NET_HDR_LEN as u32, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        h.tx_kick.write(1).unwrap();
+        h.wait_used(TX_RING, 3);
+        assert_eq!(h.stats.tx_errors.load(Ordering::Relaxed), 3);
+        assert_eq!(h.stats.tx_frames.load(Ordering::Relaxed), 0);
+        assert!(
+            h.link_up.load(Ordering::SeqCst),
+            "bad guest buffers do not take the link down"
+        );
+        h.finish();
+    }
+
+    #[test]
+    fn rx_frames_wait_for_guest_buffers_then_arrive_whole() {
+        let mem = memory();
+        let (rxq, txq) = (
+            Mock::create(&mem, RX_RING, 16),
+            Mock::create(&mem, TX_RING, 16),
+        );
+        let h = harness(&mem, &rxq, &txq, true);
+        let frame: Vec<u8> = (0..100u8).collect();
+        let mut wire = 100u32.to_be_bytes().to_vec();
+        wire.extend_from_slice(&frame);
+        (&h.peer).write_all(&wire).unwrap();
+        // No buffers yet: held back, not dropped.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(h.used_idx(RX_RING), 0);
+        // Two small buffers: with mergeable buffers the frame spans both.
+        rxq.add_desc_chains(
+            &[desc(0x20_0000, 64, WRITE, 0), desc(0x21_0000, 64, WRITE, 0)],
+            0,
+        )
+        .unwrap();
+        h.rx_kick.write(1).unwrap();
+        h.wait_used(RX_RING, 2);
+        assert_eq!((h.used_len(RX_RING, 0), h.used_len(RX_RING, 1)), (64, 48));
+        let mut hdr = [0u8; NET_HDR_LEN];
+        mem.read_slice(&mut hdr, GuestAddress(0x20_0000)).unwrap();
+        assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 2, "num_buffers");
+        let mut got = vec![0u8; 100];
+        mem.read_slice(&mut got[..52], GuestAddress(0x20_0000 + NET_HDR_LEN as u64))
+            .unwrap();
+        mem.read_slice(&mut got[52..], GuestAddress(0x21_0000))
+            .unwrap();
+        assert_eq!(got, frame);
+        assert_eq!(h.stats.rx_frames.load(Ordering::Relaxed), 1);
+        h.finish();
+    }
+
+    #[test]
+    fn a_garbled_stream_takes_the_link_down_and_the_vm_runs_on() {
+        let mem = memory();
+        let (rxq, txq) = (
+            Mock::create(&mem, RX_RING, 16),
+            Mock::create(&mem, TX_RING, 16),
+        );
+        let h = harness(&mem, &rxq, &txq, true);
+        // A length no frame has.
+        (&h.peer).write_all(&[0, 0, 0, 1, 0xde, 0xad]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.link_up.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the link should go down");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The socket is closed: passt would see its end.
+        let mut buf = [0u8; 1];
+        assert_eq!((&h.peer).read(&mut buf).unwrap(), 0);
+        // Frames the guest sends now are consumed and dropped, not stuck.
+        mem.write_slice(&[0u8; 80], GuestAddress(0x10_0000))
+            .unwrap();
+        txq.add_desc_chains(&[desc(0x10_0000, 80, 0, 0)], 0)
+            .unwrap();
+        h.tx_kick.write(1).unwrap();
+        h.wait_used(TX_RING, 1);
+        assert_eq!(h.stats.tx_dropped.load(Ordering::Relaxed), 1);
+        assert!(h.finish().is_none(), "a broken backend is not handed back");
+    }
+
+    #[test]
+    fn without_mergeable_buffers_a_frame_too_big_for_its_buffer_is_dropped() {
+        let mem = memory();
+        let (rxq, txq) = (
+            Mock::create(&mem, RX_RING, 16),
+            Mock::create(&mem, TX_RING, 16),
+        );
+        let h = harness(&mem, &rxq, &txq, false);
+        let mut wire = 200u32.to_be_bytes().to_vec();
+        wire.extend(std::iter::repeat_n(7u8, 200));
+        wire.extend(20u32.to_be_bytes());
+        wire.extend(std::iter::repeat_n(9u8, 20));
+        (&h.peer).write_all(&wire).unwrap();
+        rxq.add_desc_chains(
+            &[desc(0x20_0000, 64, WRITE, 0), desc(0x21_0000, 64, WRITE, 0)],
+            0,
+        )
+        .unwrap();
+        h.rx_kick.write(1).unwrap();
+        h.wait_used(RX_RING, 2);
+        assert_eq!((h.used_len(RX_RING, 0), h.used_len(RX_RING, 1)), (0, 32));
+        assert_eq!(h.stats.rx_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(h.stats.rx_frames.load(Ordering::Relaxed), 1);
+        h.finish();
     }
 }

@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""ferry's benchmark: ferry + passt against QEMU + passt, same kernel, same
+initramfs (resources/out/initramfs-bench.cpio.gz), same passt binary, in one
+invocation. Runs alternate between the VMMs so that noise hits them alike.
+
+Each run boots the guest once and, from the console, times:
+  boot      process start -> guest userspace; -> network configured (DHCP done)
+  iperf3    TCP guest->host and host->guest (-R), 1 and 4 streams; UDP guest->host
+            (host iperf3 server on loopback, reached through passt's gateway mapping)
+  rr        TCP 1-byte request/response, median round trip (ft tcp-rr)
+  cpu       user+sys CPU of the VMM and of passt during each transfer, per GB moved
+  exit      guest poweroff -> process gone
+  memory    RSS outside guest memory (smaps, peak while running) and peak RSS (VmHWM)
+and once, the loopback ceiling (iperf3 over the host's loopback).
+
+It prints a table of medians (with min-max spread) and the ratio ferry/QEMU
+for each figure, and writes everything to JSON. A run whose transfer fails
+or whose guest does not finish is reported and retried once; it never
+counts as fast.
+
+Usage: bench/bench.py [--runs N] [--vmm ferry,qemu-microvm,qemu-q35] [--json FILE] [--seconds S]
+Needs: a /dev/kvm that boots stock guests (inside ../shared/kvm-host here),
+qemu-system-x86, passt, iperf3, resources/build-guest.sh, cargo build --release.
+"""
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL = os.path.join(ROOT, "resources/out/vmlinuz")
+INITRD = os.path.join(ROOT, "resources/out/initramfs-bench.cpio.gz")
+FERRY = os.path.join(ROOT, "target/release/ferry")
+MEM_MIB = 512
+MAC = "02:66:72:72:79:01"
+BASE = "console=ttyS0 quiet reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"
+GW = "192.0.2.254"
+IPERF_PORT = 5201
+RR_PORT = 5202
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def guest_script(seconds):
+    """The guest's part: phases between markers, then poweroff. No double quotes."""
+    phases = [
+        ("tx1", f"iperf3 -c {GW} -p {IPERF_PORT} -t {seconds} -f m"),
+        ("rx1", f"iperf3 -c {GW} -p {IPERF_PORT} -t {seconds} -f m -R"),
+        ("tx4", f"iperf3 -c {GW} -p {IPERF_PORT} -t {seconds} -f m -P 4"),
+        ("rx4", f"iperf3 -c {GW} -p {IPERF_PORT} -t {seconds} -f m -P 4 -R"),
+        ("udp", f"iperf3 -c {GW} -p {IPERF_PORT} -t {seconds} -f m -u -b 1G -l 1400"),
+        ("rr", f"ft tcp-rr {GW} {RR_PORT} 500"),
+    ]
+    parts = []
+    for name, cmd in phases:
+        parts.append(f"echo bench:begin:{name}; {cmd}; echo bench:end:{name}:$?")
+    parts.append("echo bench:poweroff; poweroff -f")
+    return "; ".join(parts)
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def memory_kib(pid):
+    """(RSS outside the guest RAM mapping, VmHWM), in KiB."""
+    rss = 0
+    size = 0
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if line.startswith("Size:"):
+                    size = int(line.split()[1])
+                elif line.startswith("Rss:") and size != MEM_MIB * 1024:
+                    rss += int(line.split()[1])
+        with open(f"/proc/{pid}/status") as f:
+            hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None, None
+    return rss, hwm
+
+
+class Vmm:
+    """How to start one VMM with its passt."""
+
+    def __init__(self, name, tmp):
+        self.name = name
+        self.tmp = tmp
+        self.passt = None
+
+    def start(self, cmdline_tail):
+        if self.name == "ferry":
+            cmd = [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", str(MEM_MIB),
+                   "--mac", MAC, "--cmdline", f"{BASE} pci=off -- \"{cmdline_tail}\""]
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL)
+        sock = os.path.join(self.tmp, f"passt-{self.name}.sock")
+        if os.path.exists(sock):
+            os.unlink(sock)
+        self.passt = subprocess.Popen(["passt", "-f", "-1", "-s", sock], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.01)
+        machine, dev, extra = {
+            "qemu-microvm": ("microvm,acpi=on", "virtio-net-device", "pci=off"),
+            "qemu-q35": ("q35", "virtio-net-pci", ""),
+        }[self.name]
+        cmd = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-M", machine,
+               "-m", str(MEM_MIB), "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
+               "-no-reboot", "-serial", "stdio", "-kernel", KERNEL, "-initrd", INITRD,
+               "-append", f"{BASE} {extra} -- \"{cmdline_tail}\"",
+               "-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
+               "-device", f"{dev},netdev=n0,mac={MAC}"]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+
+    def passt_pid(self, vmm_pid):
+        if self.passt:
+            return self.passt.pid
+        kids = children(vmm_pid)
+        return kids[0] if kids else None
+
+    def stop(self):
+        if self.passt:
+            try:
+                self.passt.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.passt.kill()
+                self.passt.wait()
+            self.passt = None
+
+
+def parse_iperf(text, udp=False):
+    """(Mbit/s at the receiver, MBytes moved) from iperf3's summary."""
+    rows = [l for l in text.splitlines() if "receiver" in l]
+    if udp:
+        rows = [l for l in text.splitlines() if re.search(r"\d+/\d+ \(", l)] or rows
+    sums = [l for l in rows if "[SUM]" in l] or rows
+    if not sums:
+        return None, None
+    line = sums[-1]
+    rate = re.search(r"([\d.]+) Mbits/sec", line)
+    moved = re.search(r"([\d.]+) (MBytes|GBytes|KBytes)", line)
+    if not rate or not moved:
+        return None, None
+    mb = float(moved.group(1)) * {"KBytes": 1 / 1024, "MBytes": 1, "GBytes": 1024}[moved.group(2)]
+    return float(rate.group(1)), mb
+
+
+def one_run(vmm, seconds, timeout):
+    t0 = time.monotonic()
+    proc = vmm.start(guest_script(seconds))
+    pid = proc.pid
+    res = {"phases": {}}
+    mem_peak = [0, 0]
+    done = threading.Event()
+
+    def sampler():
+        while not done.is_set():
+            rss, hwm = memory_kib(pid)
+            if rss:
+                mem_peak[0] = max(mem_peak[0], rss)
+                mem_peak[1] = max(mem_peak[1], hwm)
+            time.sleep(0.2)
+
+    threading.Thread(target=sampler, daemon=True).start()
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    phase = None
+    text = []
+    cpu_at = {}
+    passt_pid = None
+    for raw in proc.stdout:
+        now = time.monotonic() - t0
+        line = raw.decode(errors="replace").rstrip("\r\n")
+        if "init: userspace started" in line:
+            res["userspace_s"] = now
+        elif "init: network configured" in line:
+            res["network_s"] = now
+        elif line.startswith("bench:begin:"):
+            phase = line.split(":")[2]
+            text = []
+            passt_pid = passt_pid or vmm.passt_pid(pid)
+            cpu_at[phase] = (now, cpu_seconds(pid), cpu_seconds(passt_pid) if passt_pid else None)
+        elif line.startswith("bench:end:") and phase:
+            name, status = line.split(":")[2], line.split(":")[3]
+            t_begin, vmm_cpu0, passt_cpu0 = cpu_at[name]
+            vmm_cpu1 = cpu_seconds(pid)
+            passt_cpu1 = cpu_seconds(passt_pid) if passt_pid else None
+            ph = {"ok": status == "0", "wall_s": now - t_begin}
+            if vmm_cpu0 is not None and vmm_cpu1 is not None:
+                ph["vmm_cpu_s"] = vmm_cpu1 - vmm_cpu0
+            if passt_cpu0 is not None and passt_cpu1 is not None:
+                ph["passt_cpu_s"] = passt_cpu1 - passt_cpu0
+            body = "\n".join(text)
+            if name == "rr":
+                m = re.search(r"median_us (\d+)", body)
+                ph["rr_us"] = int(m.group(1)) if m else None
+                ph["ok"] = ph["ok"] and m is not None
+            else:
+                rate, mb = parse_iperf(body, udp=(name == "udp"))
+                ph["mbit_s"], ph["mbytes"] = rate, mb
+                ph["ok"] = ph["ok"] and rate is not None
+            res["phases"][name] = ph
+            phase = None
+        elif line.startswith("bench:poweroff"):
+            res["poweroff_at"] = now
+        elif phase:
+            text.append(line)
+    proc.wait()
+    killer.cancel()
+    done.set()
+    end = time.monotonic() - t0
+    vmm.stop()
+    if "poweroff_at" in res:
+        res["exit_s"] = end - res.pop("poweroff_at")
+    res["rss_outside_kib"], res["peak_rss_kib"] = mem_peak
+    res["complete"] = all(res["phases"].get(n, {}).get("ok") for n in ("tx1", "rx1", "tx4", "rx4", "udp", "rr")) \
+        and "exit_s" in res
+    return res
+
+
+def rr_server(stop):
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", RR_PORT))
+    srv.listen(4)
+    srv.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            conn, _ = srv.accept()
+        except socket.timeout:
+            continue
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            b = conn.recv(64)
+            if not b:
+                break
+            conn.sendall(b)
+        conn.close()
+
+
+def loopback_ceiling(seconds):
+    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(IPERF_PORT), "-t", str(seconds), "-f", "m"],
+                         capture_output=True, text=True).stdout
+    return parse_iperf(out)[0]
+
+
+FIGURES = [
+    ("userspace_s", "boot: start -> userspace (s)", None),
+    ("network_s", "boot: start -> DHCP done (s)", None),
+    ("exit_s", "poweroff -> process gone (s)", None),
+    ("tx1.mbit_s", "TCP guest->host 1 stream (Mbit/s)", None),
+    ("rx1.mbit_s", "TCP host->guest 1 stream (Mbit/s)", None),
+    ("tx4.mbit_s", "TCP guest->host 4 streams (Mbit/s)", None),
+    ("rx4.mbit_s", "TCP host->guest 4 streams (Mbit/s)", None),
+    ("udp.mbit_s", "UDP guest->host (Mbit/s)", None),
+    ("rr.rr_us", "TCP RR median (us)", None),
+    ("tx1.vmm_cpu_per_gb", "VMM CPU-s/GB guest->host", None),
+    ("rx1.vmm_cpu_per_gb", "VMM CPU-s/GB host->guest", None),
+    ("tx1.passt_cpu_per_gb", "passt CPU-s/GB guest->host", None),
+    ("rx1.passt_cpu_per_gb", "passt CPU-s/GB host->guest", None),
+    ("rss_outside_kib", "RSS outside guest (KiB)", None),
+    ("peak_rss_kib", "peak RSS (KiB)", None),
+]
+
+
+def value(run, key):
+    if "." not in key:
+        return run.get(key)
+    phase, what = key.split(".")
+    ph = run["phases"].get(phase, {})
+    if what.endswith("_cpu_per_gb"):
+        cpu = ph.get(what.replace("_per_gb", "_s"))
+        mb = ph.get("mbytes")
+        return cpu / (mb / 1024) if cpu is not None and mb else None
+    return ph.get(what)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--vmm", default="ferry,qemu-microvm,qemu-q35")
+    ap.add_argument("--seconds", type=int, default=3, help="length of each iperf3 phase")
+    ap.add_argument("--json", default=os.path.join(ROOT, "target/bench.json"))
+    args = ap.parse_args()
+    for path in (KERNEL, INITRD, FERRY):
+        if not os.path.exists(path):
+            sys.exit(f"bench: {path} missing (resources/build-guest.sh; cargo build --release)")
+    names = args.vmm.split(",")
+    iperf = subprocess.Popen(["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+    threading.Thread(target=rr_server, args=(stop,), daemon=True).start()
+    time.sleep(0.5)
+    results = {n: [] for n in names}
+    try:
+        ceiling = loopback_ceiling(args.seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.runs):
+                for name in names:
+                    for attempt in (1, 2):
+                        r = one_run(Vmm(name, tmp), args.seconds, timeout=240 + 10 * args.seconds)
+                        if r["complete"]:
+                            break
+                        print(f"run {i} {name}: incomplete ({'retrying once' if attempt == 1 else 'dropped'}): "
+                              f"{json.dumps(r['phases'])}", file=sys.stderr)
+                    if r["complete"]:
+                        results[name].append(r)
+                        print(f"run {i} {name}: boot {r.get('userspace_s', 0):.1f}s "
+                              f"tx {value(r, 'tx1.mbit_s')} rx {value(r, 'rx1.mbit_s')} Mbit/s "
+                              f"rr {value(r, 'rr.rr_us')} us", file=sys.stderr)
+    finally:
+        stop.set()
+        iperf.terminate()
+    table = {}
+    for key, label, _ in FIGURES:
+        table[key] = {}
+        for name in names:
+            vals = [v for v in (value(r, key) for r in results[name]) if v is not None]
+            table[key][name] = {"median": statistics.median(vals) if vals else None,
+                                "min": min(vals) if vals else None, "max": max(vals) if vals else None,
+                                "n": len(vals)}
+    qemus = [n for n in names if n.startswith("qemu")]
+    head = f"{'figure':<36}" + "".join(f"{n:>24}" for n in names) + "".join(f"{'ferry/' + q[5:]:>16}" for q in qemus)
+    print(head)
+    for key, label, _ in FIGURES:
+        row = f"{label:<36}"
+        for name in names:
+            c = table[key][name]
+            if c["median"] is None:
+                row += f"{'-':>24}"
+            else:
+                row += f"{c['median']:>10.4g} [{c['min']:.3g}-{c['max']:.3g}]".rjust(24)
+        for q in qemus:
+            f, qv = table[key].get("ferry", {}).get("median"), table[key][q]["median"]
+            row += f"{(f / qv):>16.2f}" if f is not None and qv else f"{'-':>16}"
+        print(row)
+    print(f"loopback ceiling (iperf3 on the host's loopback): {ceiling} Mbit/s")
+    print("medians of " + ", ".join(f"{len(results[n])} {n}" for n in names) + " runs; [min-max]")
+    with open(args.json, "w") as f:
+        json.dump({"table": table, "runs": results, "loopback_mbit_s": ceiling,
+                   "seconds": args.seconds}, f, indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
