@@ -253,3 +253,29 @@ fn a_missing_dev_kvm_is_a_clear_error() {
     let out = run(cmd, TIMEOUT);
     assert_error(&out, KVM_UNAVAILABLE, "/dev/kvm does not exist");
 }
+
+#[test]
+fn a_missing_passt_is_named_with_its_package() {
+    let out = ferry(&["--kernel", &kernel(), "--passt", "/nonexistent/passt"]);
+    assert_error(&out, BAD_CONFIG, "apt-get install passt");
+}
+
+#[test]
+fn bad_network_options_are_refused() {
+    let k = kernel();
+    assert_error(
+        &ferry(&["--kernel", &k, "--net", "tap"]),
+        BAD_CONFIG,
+        "--net tap",
+    );
+    assert_error(
+        &ferry(&["--kernel", &k, "--mac", "01:00:00:00:00:01"]),
+        BAD_CONFIG,
+        "--mac",
+    );
+    assert_error(
+        &ferry(&["--kernel", &k, "--publish", "80"]),
+        BAD_CONFIG,
+        "--publish 80",
+    );
+}

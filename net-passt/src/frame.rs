@@ -248,4 +248,30 @@ mod tests {
             let _ = decode_in_pieces(&noise, &sizes);
         }
     }
+
+    proptest::proptest! {
+        /// Any list of valid frames, cut at any points, decodes to the same frames.
+        #[test]
+        fn prop_any_split_round_trips(
+            lens in proptest::collection::vec(MIN_FRAME_LEN..4000usize, 0..12),
+            cuts in proptest::collection::vec(1..9000usize, 1..8),
+        ) {
+            let data = stream(&lens);
+            let frames = decode_in_pieces(&data, &cuts).unwrap();
+            proptest::prop_assert_eq!(frames.iter().map(Vec::len).collect::<Vec<_>>(), lens);
+        }
+
+        /// Arbitrary bytes never panic the decoder, and anything it returns is a valid frame.
+        #[test]
+        fn prop_noise_never_panics(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20000),
+            cuts in proptest::collection::vec(1..5000usize, 1..8),
+        ) {
+            if let Ok(frames) = decode_in_pieces(&noise, &cuts) {
+                for f in frames {
+                    proptest::prop_assert!((MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&f.len()));
+                }
+            }
+        }
+    }
 }

@@ -59,6 +59,9 @@ pub enum Error {
     /// A port forward is malformed.
     #[error("--publish {0}: expected [IP:]HOST_PORT:GUEST_PORT[/tcp|/udp] with ports 1-65535")]
     Publish(String),
+    /// passt is not installed (or not where --passt says).
+    #[error("passt not found ({0}): install it (apt-get install passt), pass --passt PATH, or use --net none")]
+    PasstMissing(String),
 }
 
 /// The guest's network.
@@ -144,12 +147,12 @@ impl Net {
                     args.extend(publish_to_passt(spec)?);
                 }
                 args.extend(cli.passt_args.iter().cloned());
+                // Checked here, so that a missing passt is reported before anything starts.
+                let binary = ferry_net_passt::launcher::resolve(&cli.passt)
+                    .ok_or_else(|| Error::PasstMissing(cli.passt.display().to_string()))?;
                 Ok(Net::Passt {
                     mac,
-                    passt: ferry_net_passt::PasstConfig {
-                        binary: cli.passt.clone(),
-                        args,
-                    },
+                    passt: ferry_net_passt::PasstConfig { binary, args },
                 })
             }
             other => Err(Error::Net(other.to_string())),
