@@ -38,7 +38,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL = os.path.join(ROOT, "resources/out/vmlinuz")
 INITRD = os.path.join(ROOT, "resources/out/initramfs-bench.cpio.gz")
-FERRY = os.path.join(ROOT, "target/release/ferry")
+FERRY = os.environ.get("BENCH_FERRY", os.path.join(ROOT, "target/release/ferry"))
 MEM_MIB = 512
 MAC = "02:66:72:72:79:01"
 BASE = "console=ttyS0 quiet reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"

@@ -278,8 +278,10 @@ fn run_here(filter: &[String]) -> i32 {
                     test.name,
                     msg.lines().next().unwrap_or_default()
                 );
-                if std::env::var_os("FERRY_TEST_VERBOSE").is_some() {
-                    println!("{msg}");
+                // The end of the console says which hazard it was.
+                let lines: Vec<&str> = msg.lines().collect();
+                for line in &lines[lines.len().saturating_sub(6)..] {
+                    println!("    | {line}");
                 }
                 result = (test.run)();
             }

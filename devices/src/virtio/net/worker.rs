@@ -88,6 +88,7 @@ pub struct Parts {
     pub link_up: Arc<AtomicBool>,
     pub stats: Arc<NetStats>,
     pub mrg_rxbuf: bool,
+    pub data_valid: bool,
 }
 
 /// Everything but the RX ring side.
@@ -112,6 +113,8 @@ struct RxSide {
     queue: Queue,
     stash: VecDeque<RxBuffer>,
     mrg_rxbuf: bool,
+    /// Tell the guest that checksums need no checking (GUEST_CSUM negotiated).
+    data_valid: bool,
     stats: Arc<NetStats>,
 }
 
@@ -168,7 +171,7 @@ impl RxSide {
             self.add_used(mem, &[(buffers[0].head, 0)]);
             return Delivery::Dropped;
         }
-        let used = rx::write_frame(mem, &buffers, frame, false);
+        let used = rx::write_frame(mem, &buffers, frame, self.data_valid);
         self.add_used(mem, &used);
         bump(&self.stats.rx_frames, 1);
         bump(&self.stats.rx_bytes, frame.len() as u64);
@@ -229,6 +232,7 @@ impl NetWorker {
                 queue: parts.rx_queue,
                 stash: VecDeque::new(),
                 mrg_rxbuf: parts.mrg_rxbuf,
+                data_valid: parts.data_valid,
                 stats: parts.stats.clone(),
             },
             rx_blocked: false,
@@ -645,6 +649,7 @@ mod tests {
             link_up: h.link_up.clone(),
             stats: h.stats.clone(),
             mrg_rxbuf,
+            data_valid: false,
         });
         Harness {
             thread: Some(std::thread::spawn(move || worker.run())),
