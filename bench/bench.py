@@ -87,8 +87,8 @@ def children(pid):
     return out
 
 
-def memory_kib(pid):
-    """(RSS outside the guest RAM mapping, VmHWM), in KiB."""
+def memory_kib(pid, mem_mib=MEM_MIB):
+    """(RSS outside the guest RAM mapping of `mem_mib`, VmHWM), in KiB."""
     rss = 0
     size = 0
     try:
@@ -96,7 +96,7 @@ def memory_kib(pid):
             for line in f:
                 if line.startswith("Size:"):
                     size = int(line.split()[1])
-                elif line.startswith("Rss:") and size != MEM_MIB * 1024:
+                elif line.startswith("Rss:") and size != mem_mib * 1024:
                     rss += int(line.split()[1])
         with open(f"/proc/{pid}/status") as f:
             hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))

@@ -20,6 +20,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import memory_kib  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL = os.path.join(ROOT, "resources/out/vmlinuz")
 INITRD = os.path.join(ROOT, "resources/out/initramfs.cpio.gz")
@@ -41,20 +44,8 @@ def qemu_cmd():
 
 
 def rss_outside_guest_kib(pid):
-    """RSS of every mapping except the guest RAM mapping (an anonymous one of MEM_MIB)."""
-    total = 0
-    size = 0
-    try:
-        with open(f"/proc/{pid}/smaps") as f:
-            for line in f:
-                if line.startswith("Size:"):
-                    size = int(line.split()[1])
-                elif line.startswith("Rss:"):
-                    if size != MEM_MIB * 1024:
-                        total += int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return total
+    """RSS of every mapping except the guest RAM."""
+    return memory_kib(pid, MEM_MIB)[0]
 
 
 def one_run(cmd, sample_rss):
