@@ -214,7 +214,7 @@ def one_run(vmm, seconds, timeout):
             t_begin, vmm_cpu0, passt_cpu0 = cpu_at[name]
             vmm_cpu1 = cpu_seconds(pid)
             passt_cpu1 = cpu_seconds(passt_pid) if passt_pid else None
-            ph = {"ok": status == "0", "wall_s": now - t_begin}
+            ph = {"ok": status == "0", "wall_s": now - t_begin, "tail": text[-3:]}
             if vmm_cpu0 is not None and vmm_cpu1 is not None:
                 ph["vmm_cpu_s"] = vmm_cpu1 - vmm_cpu0
             if passt_cpu0 is not None and passt_cpu1 is not None:
@@ -258,13 +258,21 @@ def rr_server(stop):
             conn, _ = srv.accept()
         except socket.timeout:
             continue
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=echo_connection, args=(conn,), daemon=True).start()
+
+
+def echo_connection(conn):
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.settimeout(60)
+    try:
         while True:
             b = conn.recv(64)
             if not b:
                 break
             conn.sendall(b)
-        conn.close()
+    except OSError:
+        pass
+    conn.close()
 
 
 def loopback_ceiling(seconds):
