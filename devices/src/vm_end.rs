@@ -2,6 +2,7 @@
 //! How the VM ends: the first reason reported wins, and an eventfd wakes
 //! the event loop to tear the VM down.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -26,6 +27,8 @@ pub enum ExitReason {
 /// The VM's end, shared by every thread that may end it.
 #[derive(Debug)]
 pub struct VmEnd {
+    /// Set with the reason; read on every vCPU exit, so without the lock.
+    ended: AtomicBool,
     reason: Mutex<Option<ExitReason>>,
     event: EventFd,
 }
@@ -34,6 +37,7 @@ impl VmEnd {
     /// A VM that has not ended yet.
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
+            ended: AtomicBool::new(false),
             reason: Mutex::new(None),
             event: EventFd::new(EFD_NONBLOCK)?,
         })
@@ -45,6 +49,7 @@ impl VmEnd {
         if slot.is_none() {
             log::debug!("VM end requested: {reason:?}");
             *slot = Some(reason);
+            self.ended.store(true, Ordering::Release);
             // A full counter only means the loop is already awake.
             let _ = self.event.write(1);
         }
@@ -60,7 +65,7 @@ impl VmEnd {
 
     /// Whether the VM has ended.
     pub fn has_ended(&self) -> bool {
-        self.reason().is_some()
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Readable once the VM has ended.
