@@ -32,6 +32,9 @@ pub mod status {
 
 /// `VIRTIO_F_VERSION_1`: the modern interface, the only one ferry speaks.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// `VIRTIO_RING_F_INDIRECT_DESC`: a chain may live in a table of its own,
+/// taking one ring entry whatever its length.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
 /// `VIRTIO_RING_F_EVENT_IDX`: notification suppression by ring index.
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 

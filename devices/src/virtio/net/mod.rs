@@ -13,7 +13,10 @@ use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC,
+};
 
 pub use rx::{RxBuffer, RxError};
 pub use tx::TxError;
@@ -124,6 +127,9 @@ impl VirtioDevice for Net {
         [
             VIRTIO_F_VERSION_1,
             VIRTIO_RING_F_EVENT_IDX,
+            // A large frame spans many pages: without indirect chains a few
+            // frames would fill the TX ring.
+            VIRTIO_RING_F_INDIRECT_DESC,
             // Frames from passt carry valid checksums (passt builds them, and
             // a UNIX socket does not corrupt them): the guest need not check.
             feature::GUEST_CSUM,
