@@ -63,6 +63,9 @@ def one_run(cmd, sample_rss):
 
     if sample_rss:
         threading.Thread(target=sampler, daemon=True).start()
+    # A guest that freezes (a nested-KVM hazard) must not hang the benchmark.
+    watchdog = threading.Timer(180, proc.kill)
+    watchdog.start()
     userspace = None
     buf = b""
     while True:
@@ -74,6 +77,7 @@ def one_run(cmd, sample_rss):
             userspace = time.monotonic() - start
     rc = proc.wait()
     end = time.monotonic() - start
+    watchdog.cancel()
     done.set()
     if userspace is None:
         raise RuntimeError(f"{cmd[0]}: no userspace marker (exit {rc})")
