@@ -122,6 +122,7 @@ impl RxSide {
     /// Makes sure the stash holds room for `need` bytes (one buffer
     /// without mergeable buffers); false if the guest has not posted enough.
     fn stock(&mut self, mem: &GuestMemory, need: usize) -> bool {
+        let mut rechecked = false;
         loop {
             let have = if self.mrg_rxbuf {
                 self.stash.iter().map(|b| b.capacity).sum()
@@ -141,7 +142,15 @@ impl RxSide {
                     }
                 },
                 None => match self.queue.enable_notification(mem) {
-                    Ok(true) => continue,
+                    // More available yet nothing to pop: once more, then give up (a broken index).
+                    Ok(true) if !rechecked => rechecked = true,
+                    Ok(true) => {
+                        log::warn!(
+                            "net{}: the RX ring's index is out of range; ignoring it",
+                            self.id
+                        );
+                        return false;
+                    }
                     _ => return false,
                 },
             }
@@ -301,6 +310,7 @@ impl NetWorker {
     fn process_tx(&mut self, ops: &mut EventOps) {
         let mem = self.p.mem.clone();
         let mut used_any = false;
+        let mut rechecked = false;
         loop {
             let Some(stream) = self.p.backend.as_ref() else {
                 used_any |= self.drop_tx(&mem);
@@ -350,8 +360,20 @@ impl NetWorker {
                 }
             }
             if frames.is_empty() {
+                // "More available" with nothing to pop means a ring index the
+                // driver broke: check once more, then stop rather than spin.
                 match self.p.tx_queue.enable_notification(&mem) {
-                    Ok(true) => continue,
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    Ok(true) => {
+                        log::warn!(
+                            "net{}: the TX ring's index is out of range; ignoring it",
+                            self.p.id
+                        );
+                        break;
+                    }
                     Ok(false) => break,
                     Err(e) => {
                         log::warn!("net{}: TX queue: {e}", self.p.id);
