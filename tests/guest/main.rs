@@ -28,8 +28,8 @@ use common::{guest_file, repo_root, Outcome, FERRY};
 const INSIDE_ENV: &str = "FERRY_GUEST_TESTS_INSIDE";
 /// Overrides the kvm-host script's location.
 const KVM_HOST_ENV: &str = "FERRY_KVM_HOST";
-/// The kvm-host run's time limit: 2-3 times a whole run of the tests.
-const KVM_HOST_LIMIT_SECS: u64 = 1500;
+/// The kvm-host run's time limit: 2-3 times a whole run of the tests (7-8 min on a quiet machine).
+const KVM_HOST_LIMIT_SECS: u64 = 1200;
 
 /// Exit statuses ferry documents.
 pub const GUEST_RESET: i32 = 80;
