@@ -227,7 +227,7 @@ fn run_inside_kvm_host(why: &str, filter: &[String]) -> i32 {
 /// Checks what the network tests need, and sets up what only the throwaway
 /// kvm-host VM may have changed. Returns why the tests cannot run, if they cannot.
 fn prepare_host() -> Result<(), String> {
-    if ferry_net_passt_missing() {
+    if ferry_net_passt::launcher::resolve(Path::new("passt")).is_none() {
         return Err(
             "passt is not installed (apt-get install passt): the network tests need it".into(),
         );
@@ -247,12 +247,6 @@ fn prepare_host() -> Result<(), String> {
             .status();
     }
     Ok(())
-}
-
-fn ferry_net_passt_missing() -> bool {
-    std::env::var_os("PATH")
-        .map(|p| !std::env::split_paths(&p).any(|d| d.join("passt").is_file()))
-        .unwrap_or(true)
 }
 
 /// Runs the tests whose names contain one of `filter` (all if empty); returns the exit status.
