@@ -4,7 +4,10 @@
 #   out/vmlinuz         the stock Debian cloud kernel (bzImage)
 #   out/initramfs.cpio.gz  busybox-static, the kernel modules the guest needs, /init and ft
 #   out/initramfs-bench.cpio.gz  the same plus iperf3, for bench/
-# Needs: apt-get (with lists updated), dpkg, cpio, gzip, kmod (depmod), busybox-static.
+#   out/rootfs.ext4     an ext4 root disk: busybox, the same init as /sbin/init, ft
+#                       (boot it with --disk out/rootfs.ext4 and root=/dev/vda)
+# Needs: apt-get (with lists updated), dpkg, cpio, gzip, kmod (depmod),
+# busybox-static, e2fsprogs.
 # Re-running it with nothing changed only checks the inputs and exits.
 set -euo pipefail
 
@@ -23,10 +26,10 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: lin
 
 # Everything that shapes the output goes into one stamp; same stamp, nothing to do.
 modules="virtio virtio_ring virtio_mmio virtio_pci failover net_failover virtio_net virtio_blk pvpanic pvpanic_mmio ext4"
-inputs="$here/init $here/udhcpc.script /bin/busybox $0 $here/guest-tool/Cargo.toml $here/guest-tool/src/main.rs"
+inputs="$here/init $here/udhcpc.script /bin/busybox $0 $here/build-rootfs.sh $here/guest-tool/Cargo.toml $here/guest-tool/src/main.rs"
 inputs="$inputs $(command -v iperf3 || true)"
 stamp="$pkg $(sha256sum $inputs | sha256sum | cut -c1-16) $modules"
-if [ -s "$out/initramfs.cpio.gz" ] && [ -s "$out/initramfs-bench.cpio.gz" ] && [ -s "$out/vmlinuz" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
+if [ -s "$out/initramfs.cpio.gz" ] && [ -s "$out/initramfs-bench.cpio.gz" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/rootfs.ext4" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "build-guest: $out is up to date ($pkg)"
   exit 0
 fi
@@ -92,6 +95,17 @@ done > "$root/lib/modules/order"
 
 pack() { (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) > "$1"; }
 pack "$out/initramfs.cpio.gz.new"
+
+# The root disk: the userspace of the initramfs (no modules: they are
+# loaded before the switch), with the same script as /sbin/init.
+disk=$tmp/disk
+mkdir -p "$disk"/{bin,sbin,dev,proc,sys,tmp,run,etc,mnt,data,usr/bin}
+cp /bin/busybox "$root/bin/ft" "$disk/bin/"
+ln -s busybox "$disk/bin/sh"
+cp "$here/init" "$disk/sbin/init"
+cp "$here/udhcpc.script" "$disk/etc/udhcpc.script"
+chmod +x "$disk/sbin/init" "$disk/etc/udhcpc.script"
+"$here/build-rootfs.sh" "$disk" "$out/rootfs.ext4" 96M >/dev/null
 
 # The benchmark guest: the same, plus iperf3 with the libraries it links.
 command -v iperf3 >/dev/null || { echo "build-guest: iperf3 missing (apt-get install -y iperf3)" >&2; exit 1; }

@@ -61,8 +61,8 @@ pub struct AcpiDevice {
     /// ACPI hardware id: a string such as `LNRO0005` (virtio-mmio), or a
     /// PNP id such as `PNP0501` (16550 UART), encoded as an EISA id.
     pub hid: &'static str,
-    /// Its registers.
-    pub registers: AcpiRegisters,
+    /// Its register ranges.
+    pub registers: Vec<AcpiRegisters>,
     /// Its interrupt line (GSI), if it has one.
     pub irq: Option<u32>,
 }
@@ -81,22 +81,22 @@ fn dsdt_body(devices: &[AcpiDevice]) -> Vec<u8> {
     let mut device_aml = Vec::new();
     for (index, dev) in devices.iter().enumerate() {
         let uid = index as u32;
-        let memory;
-        let io;
-        let registers: &dyn Aml = match dev.registers {
-            AcpiRegisters::Mmio(base, size) => {
-                memory = aml::Memory32Fixed::new(true, base, size);
-                &memory
-            }
-            AcpiRegisters::Io(port, count) => {
-                io = aml::IO::new(port, port, 1, count);
-                &io
-            }
-        };
+        let ranges: Vec<Box<dyn Aml>> = dev
+            .registers
+            .iter()
+            .map(|r| -> Box<dyn Aml> {
+                match *r {
+                    AcpiRegisters::Mmio(base, size) => {
+                        Box::new(aml::Memory32Fixed::new(true, base, size))
+                    }
+                    AcpiRegisters::Io(port, count) => Box::new(aml::IO::new(port, port, 1, count)),
+                }
+            })
+            .collect();
         let interrupt = dev
             .irq
             .map(|irq| aml::Interrupt::new(true, true, false, false, irq));
-        let mut resources: Vec<&dyn Aml> = vec![registers];
+        let mut resources: Vec<&dyn Aml> = ranges.iter().map(|r| r.as_ref()).collect();
         if let Some(interrupt) = &interrupt {
             resources.push(interrupt);
         }
@@ -225,7 +225,7 @@ mod tests {
     fn virtio(n: u32) -> AcpiDevice {
         AcpiDevice {
             hid: "LNRO0005",
-            registers: AcpiRegisters::Mmio(0xd001_0000 + n * 0x1000, 0x1000),
+            registers: vec![AcpiRegisters::Mmio(0xd001_0000 + n * 0x1000, 0x1000)],
             irq: Some(5 + n),
         }
     }
@@ -279,7 +279,7 @@ mod tests {
     fn pnp_ids_are_eisa_encoded() {
         let com1 = AcpiDevice {
             hid: "PNP0501",
-            registers: AcpiRegisters::Io(0x3f8, 8),
+            registers: vec![AcpiRegisters::Io(0x3f8, 8)],
             irq: Some(4),
         };
         let tables = tables(1, &[com1], ACPI_START).unwrap();

@@ -12,6 +12,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub enum ExitReason {
     /// The guest powered off (ACPI S5).
     PowerOff,
+    /// The guest halted: every vCPU stopped with interrupts off.
+    Halt,
     /// The guest wrote its exit status to the exit-status register.
     GuestStatus(u8),
     /// The guest reset or rebooted (i8042 reset line, ACPI reset, triple fault).
@@ -22,6 +24,8 @@ pub enum ExitReason {
     Failure(String),
     /// The host asked ferry to stop, with this signal.
     HostSignal(i32),
+    /// The time the user allowed (`--timeout`) ran out.
+    Timeout,
 }
 
 /// The VM's end, shared by every thread that may end it.

@@ -42,6 +42,26 @@ pub struct Cli {
     #[arg(long, value_name = "stdio|file:PATH|none", default_value = "stdio")]
     pub console: String,
 
+    /// A copy of the console output, written to FILE (created or truncated)
+    /// as it comes, in addition to --console: complete even if ferry is killed.
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+
+    /// A virtio-blk disk backed by a raw image: `PATH[,ro][,id=SERIAL]`.
+    /// Repeatable: the guest sees them as vda, vdb, ... in order. An image
+    /// is locked while in use; only read-only disks can share one.
+    #[arg(long, value_name = "PATH[,ro][,id=SERIAL]")]
+    pub disk: Vec<String>,
+
+    /// Stop the VM after SECS seconds and exit with status 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+
+    /// On SIGTERM or SIGINT, how long the guest gets to shut down after
+    /// ferry presses Ctrl-Alt-Del before it is stopped (0: stop at once).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub shutdown_grace: f64,
+
     /// Networking: `passt` (a virtio-net card wired to a passt that ferry
     /// starts and stops) or `none`.
     #[arg(long, value_name = "passt|none", default_value = "passt")]
@@ -76,14 +96,16 @@ pub struct Cli {
 /// The exit statuses, shown at the end of `--help`.
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
-  0        the guest powered off (or wrote 0 to the exit-status register)
+  0        the guest powered off or halted (or wrote 0 to the exit-status register)
   N        the guest wrote N to the exit-status register at 0xd0000000
   2        bad command line or configuration (kernel, initrd, sizes)
   3        KVM is not usable here (/dev/kvm missing, no permission, PVM)
   4        ferry or KVM failed while the guest ran
   80       the guest reset or rebooted (also a panic with panic=-1 and no pvpanic)
   81       the guest kernel panicked (pvpanic)
-  128+N    ferry was stopped by signal N";
+  124      --timeout ran out; the VM was stopped
+  128+N    ferry was stopped by signal N (SIGTERM/SIGINT: after the guest shut
+           down, or after --shutdown-grace; a second signal stops it at once)";
 
 /// Parses a log level name.
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {

@@ -59,6 +59,24 @@ pub enum Error {
     /// A port forward is malformed.
     #[error("--publish {0}: expected [IP:]HOST_PORT:GUEST_PORT[/tcp|/udp] with ports 1-65535")]
     Publish(String),
+    /// A disk option is malformed.
+    #[error("--disk {0}: expected PATH[,ro][,id=SERIAL] with a serial of 1-20 printable ASCII characters")]
+    DiskSpec(String),
+    /// A disk image cannot be used.
+    #[error(transparent)]
+    Disk(#[from] ferry_devices::virtio::block::DiskError),
+    /// A duration is negative or not a number.
+    #[error("--{0} {1}: expected a number of seconds, 0 or more")]
+    Seconds(&'static str, f64),
+    /// The console log cannot be created.
+    #[error("cannot create the console log {path}")]
+    ConsoleLog {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// passt is not installed (or not where --passt says).
     #[error("passt not found ({0}): install it (apt-get install passt), pass --passt PATH, or use --net none")]
     PasstMissing(String),
@@ -185,6 +203,56 @@ impl Console {
     }
 }
 
+/// A disk as `--disk` spells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// The image.
+    pub path: PathBuf,
+    /// Whether the guest may only read.
+    pub read_only: bool,
+    /// The serial number the guest reads.
+    pub serial: String,
+}
+
+/// Parses `PATH[,ro][,id=SERIAL]`.
+pub fn parse_disk(spec: &str) -> Result<DiskSpec, Error> {
+    let err = || Error::DiskSpec(spec.to_string());
+    let mut fields = spec.split(',');
+    let path = fields.next().filter(|p| !p.is_empty()).ok_or_else(err)?;
+    let mut disk = DiskSpec {
+        path: PathBuf::from(path),
+        read_only: false,
+        serial: String::new(),
+    };
+    for field in fields {
+        match field.split_once('=') {
+            None if field == "ro" => disk.read_only = true,
+            Some(("id", id))
+                if (1..=ferry_devices::virtio::block::ID_LEN).contains(&id.len())
+                    && id.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                disk.serial = id.to_string()
+            }
+            _ => return Err(err()),
+        }
+    }
+    Ok(disk)
+}
+
+/// A disk, open and locked.
+#[derive(Debug)]
+pub struct Disk {
+    /// The image.
+    pub image: ferry_devices::virtio::block::DiskImage,
+    /// The serial number the guest reads.
+    pub serial: String,
+}
+
+/// Checks a duration in seconds.
+fn seconds(option: &'static str, secs: f64) -> Result<std::time::Duration, Error> {
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| Error::Seconds(option, secs))
+}
+
 /// A checked VM configuration.
 #[derive(Debug)]
 pub struct VmConfig {
@@ -204,6 +272,14 @@ pub struct VmConfig {
     pub allow_pvm: bool,
     /// The guest's network.
     pub net: Net,
+    /// The disks, in the order the guest sees them.
+    pub disks: Vec<Disk>,
+    /// A copy of the console output.
+    pub console_log: Option<File>,
+    /// When to stop the VM.
+    pub timeout: Option<std::time::Duration>,
+    /// How long the guest gets to shut down when ferry is asked to stop.
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// Opens `path` as a regular file.
@@ -254,12 +330,41 @@ impl VmConfig {
             host_memory_mib().unwrap_or(u64::MAX >> 20),
         )?;
         let console = Console::parse(&cli.console)?;
+        let timeout = cli
+            .timeout
+            .map(|secs| seconds("timeout", secs))
+            .transpose()?;
+        let shutdown_grace = seconds("shutdown-grace", cli.shutdown_grace)?;
+        let specs = cli
+            .disk
+            .iter()
+            .map(|s| parse_disk(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let net = Net::from_cli(cli)?;
         let kernel = open_file("kernel", &cli.kernel)?;
         let initrd = cli
             .initrd
             .as_deref()
             .map(|p| open_file("initrd", p))
+            .transpose()?;
+        // Disks last among the checks: opening one takes its lock.
+        let mut disks = Vec::new();
+        for spec in specs {
+            let image = ferry_devices::virtio::block::DiskImage::open(&spec.path, spec.read_only)?;
+            disks.push(Disk {
+                image,
+                serial: spec.serial,
+            });
+        }
+        let console_log = cli
+            .console_log
+            .as_ref()
+            .map(|path| {
+                File::create(path).map_err(|source| Error::ConsoleLog {
+                    path: path.clone(),
+                    source,
+                })
+            })
             .transpose()?;
         Ok(VmConfig {
             kernel,
@@ -270,6 +375,10 @@ impl VmConfig {
             console,
             allow_pvm: cli.allow_pvm,
             net,
+            disks,
+            console_log,
+            timeout,
+            shutdown_grace,
         })
     }
 }
@@ -327,6 +436,38 @@ mod tests {
         ] {
             assert!(publish_to_passt(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn disk_specs() {
+        assert_eq!(
+            parse_disk("/img").unwrap(),
+            DiskSpec {
+                path: "/img".into(),
+                read_only: false,
+                serial: String::new()
+            }
+        );
+        let d = parse_disk("a.img,ro,id=build-cache").unwrap();
+        assert!(d.read_only);
+        assert_eq!(d.serial, "build-cache");
+        for bad in [
+            "",
+            ",ro",
+            "a.img,rw",
+            "a.img,id=",
+            "a.img,id=has space",
+            "a.img,id=123456789012345678901",
+        ] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(seconds("timeout", 1.5).unwrap().as_millis(), 1500);
+        assert!(seconds("timeout", -1.0).is_err());
+        assert!(seconds("timeout", f64::NAN).is_err());
     }
 
     #[test]

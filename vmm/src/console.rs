@@ -2,7 +2,7 @@
 //! The guest console on the host side: where serial output goes, and
 //! stdin (in raw mode when it is a terminal) feeding the serial port.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -14,13 +14,40 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::Console;
 
-/// Opens the writer for the console's output.
-pub fn output(console: &Console) -> io::Result<Box<dyn Write + Send>> {
-    Ok(match console {
+/// Opens the writer for the console's output, copied to `log` if given.
+pub fn output(console: &Console, log: Option<File>) -> io::Result<Box<dyn Write + Send>> {
+    let out: Box<dyn Write + Send> = match console {
         Console::Stdio => Box::new(io::stdout()),
         Console::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
         Console::None => Box::new(io::sink()),
+    };
+    Ok(match log {
+        Some(log) => Box::new(Tee { out, log }),
+        None => out,
     })
+}
+
+/// The console output and its log. The log file is written unbuffered,
+/// so that it holds every byte even if ferry is killed; a failing console
+/// (a closed stdout) does not stop the log.
+struct Tee {
+    out: Box<dyn Write + Send>,
+    log: File,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let logged = self.log.write_all(buf);
+        match (self.out.write_all(buf), logged) {
+            (Ok(()), _) | (_, Ok(())) => Ok(buf.len()),
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.out.flush();
+        Ok(())
+    }
 }
 
 /// Puts a terminal in raw mode and restores its settings when dropped.

@@ -1,12 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The main thread's event loop: console input, host signals and the
-//! VM's end, all on one event-manager.
+//! The main thread's event loop: console input, host signals, the time
+//! limit and the VM's end, all on one event-manager.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use ferry_devices::legacy::I8042;
 use ferry_devices::vm_end::{ExitReason, VmEnd};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::vcpu;
 
 /// A subscriber the loop can hold.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -43,64 +49,203 @@ impl MutEventSubscriber for EndWatch {
 /// The signals that stop ferry.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-/// Turns SIGTERM, SIGINT and SIGHUP into the VM's end.
-struct SignalWatch {
-    fd: OwnedFd,
+/// How the VM is stopped from outside: host signals, the user's time
+/// limit, and the grace period of a clean shutdown.
+#[derive(Debug, Clone)]
+pub struct StopPolicy {
+    /// Stop the VM after this long (`--timeout`).
+    pub timeout: Option<Duration>,
+    /// How long the guest gets to shut down on SIGTERM/SIGINT (0: none).
+    pub shutdown_grace: Duration,
+    /// The keyboard controller, to press Ctrl-Alt-Del.
+    pub keyboard: Arc<Mutex<I8042>>,
+}
+
+/// Turns SIGTERM, SIGINT and SIGHUP, the time limit and the end of the
+/// grace period into the VM's end. The first SIGTERM or SIGINT asks the
+/// guest to shut down (Ctrl-Alt-Del) and arms the grace timer; a second
+/// signal, SIGHUP or the timer stops the VM at once.
+struct StopWatch {
+    signals: OwnedFd,
+    timeout: TimerFd,
+    grace: TimerFd,
+    policy: StopPolicy,
     vm_end: Arc<VmEnd>,
+    /// The signal that started a clean shutdown.
+    stopping: Arc<AtomicI32>,
 }
 
-impl SignalWatch {
-    /// Blocks the stop signals in this thread (and so in threads it starts
-    /// later) and reads them from a signalfd instead.
-    fn new(vm_end: Arc<VmEnd>) -> std::io::Result<Self> {
-        // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset_t for each call.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            for sig in STOP_SIGNALS {
-                libc::sigaddset(&mut set, sig);
-            }
+/// Blocks the stop signals in this thread (and so in threads it starts
+/// later) and returns a signalfd that reads them instead.
+fn block_stop_signals() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for each call.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
         }
-        // SAFETY: `set` is valid; the old mask is not needed.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        // SAFETY: `set` is valid; -1 asks for a new descriptor.
-        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd, vm_end })
     }
+    // SAFETY: `set` is valid; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: `set` is valid; -1 asks for a new descriptor.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-impl MutEventSubscriber for SignalWatch {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+/// Event tokens of the stop watch.
+const SIGNAL: u32 = 0;
+const TIMEOUT: u32 = 1;
+const GRACE: u32 = 2;
+
+impl StopWatch {
+    fn new(vm_end: Arc<VmEnd>, policy: StopPolicy) -> std::io::Result<Self> {
+        let signals = block_stop_signals()?;
+        let mut timeout = TimerFd::new().map_err(std::io::Error::from)?;
+        if let Some(limit) = policy.timeout {
+            // A zero duration would disarm the timer: a nanosecond ends at once.
+            timeout
+                .reset(limit.max(Duration::from_nanos(1)), None)
+                .map_err(std::io::Error::from)?;
+        }
+        Ok(Self {
+            signals,
+            timeout,
+            grace: TimerFd::new().map_err(std::io::Error::from)?,
+            policy,
+            vm_end,
+            stopping: Arc::new(AtomicI32::new(0)),
+        })
+    }
+
+    fn read_signal(&self) -> Option<i32> {
         // SAFETY: signalfd_siginfo is plain data.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reads at most `size` bytes into `info`.
         let n = unsafe {
             libc::read(
-                self.fd.as_raw_fd(),
+                self.signals.as_raw_fd(),
                 (&mut info as *mut libc::signalfd_siginfo).cast(),
                 size,
             )
         };
-        if n as usize == size {
-            let sig = info.ssi_signo as i32;
+        (n as usize == size).then_some(info.ssi_signo as i32)
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        let graceful = matches!(sig, libc::SIGTERM | libc::SIGINT)
+            && !self.policy.shutdown_grace.is_zero()
+            && self.stopping.load(Ordering::SeqCst) == 0;
+        if !graceful {
             log::info!("stopping the VM on signal {sig}");
             self.vm_end.request(ExitReason::HostSignal(sig));
+            return;
+        }
+        let listening = self
+            .policy
+            .keyboard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .press_ctrl_alt_del();
+        if !listening {
+            log::warn!("signal {sig}: the guest has no keyboard driver to take Ctrl-Alt-Del; stopping the VM");
+            self.vm_end.request(ExitReason::HostSignal(sig));
+            return;
+        }
+        let grace = self.policy.shutdown_grace;
+        log::warn!(
+            "signal {sig}: asking the guest to shut down (Ctrl-Alt-Del); stopping it in {:.1} s, or at once on a second signal",
+            grace.as_secs_f64()
+        );
+        self.stopping.store(sig, Ordering::SeqCst);
+        if let Err(e) = self.grace.reset(grace, None) {
+            log::error!("cannot arm the shutdown timer ({e}); stopping the VM");
+            self.vm_end.request(ExitReason::HostSignal(sig));
+        }
+    }
+}
+
+impl MutEventSubscriber for StopWatch {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            SIGNAL => {
+                if let Some(sig) = self.read_signal() {
+                    self.on_signal(sig);
+                }
+            }
+            TIMEOUT => {
+                let _ = self.timeout.wait();
+                log::warn!("--timeout: the time allowed ran out; stopping the VM");
+                self.vm_end.request(ExitReason::Timeout);
+            }
+            GRACE => {
+                let _ = self.grace.wait();
+                let sig = self.stopping.load(Ordering::SeqCst);
+                log::warn!("the guest did not shut down within the grace period; stopping the VM");
+                self.vm_end.request(ExitReason::HostSignal(sig));
+            }
+            _ => {}
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
-            log::error!("cannot watch host signals: {e:?}");
+        let watched = [
+            ops.add(Events::with_data(&self.signals, SIGNAL, EventSet::IN)),
+            ops.add(Events::with_data(&self.timeout, TIMEOUT, EventSet::IN)),
+            ops.add(Events::with_data(&self.grace, GRACE, EventSet::IN)),
+        ];
+        for result in watched {
+            if let Err(e) = result {
+                log::error!("cannot watch host signals or timers: {e:?}");
+            }
+        }
+    }
+}
+
+/// Kicks the vCPUs now and then, so that a guest that halted is noticed.
+pub struct HaltWatch {
+    timer: TimerFd,
+    threads: Vec<libc::pthread_t>,
+}
+
+impl std::fmt::Debug for HaltWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaltWatch")
+            .field("vcpus", &self.threads.len())
+            .finish()
+    }
+}
+
+impl HaltWatch {
+    /// Probes the vCPU threads `threads` every [`vcpu::HALT_PROBE_INTERVAL`].
+    pub fn new(threads: Vec<libc::pthread_t>) -> std::io::Result<Self> {
+        let mut timer = TimerFd::new().map_err(std::io::Error::from)?;
+        let every = vcpu::HALT_PROBE_INTERVAL;
+        timer
+            .reset(every, Some(every))
+            .map_err(std::io::Error::from)?;
+        Ok(Self { timer, threads })
+    }
+}
+
+impl MutEventSubscriber for HaltWatch {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        vcpu::kick(&self.threads);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            log::error!("cannot watch the halt probe timer: {e:?}");
         }
     }
 }
@@ -109,17 +254,23 @@ impl MutEventSubscriber for SignalWatch {
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
     vm_end: Arc<VmEnd>,
+    stopping: Arc<AtomicI32>,
 }
 
 impl EventLoop {
-    /// A loop that ends with the VM and turns stop signals into its end.
+    /// A loop that ends with the VM and stops it as `policy` says.
     /// Call before starting vCPU threads, so that they inherit the signal mask.
-    pub fn new(vm_end: Arc<VmEnd>) -> Result<Self, Error> {
+    pub fn new(vm_end: Arc<VmEnd>, policy: StopPolicy) -> Result<Self, Error> {
         let mut manager = EventManager::<Subscriber>::new().map_err(Error::Create)?;
         manager.add_subscriber(Arc::new(Mutex::new(EndWatch(vm_end.clone()))));
-        let signals = SignalWatch::new(vm_end.clone()).map_err(Error::Signals)?;
-        manager.add_subscriber(Arc::new(Mutex::new(signals)));
-        Ok(Self { manager, vm_end })
+        let watch = StopWatch::new(vm_end.clone(), policy).map_err(Error::Signals)?;
+        let stopping = watch.stopping.clone();
+        manager.add_subscriber(Arc::new(Mutex::new(watch)));
+        Ok(Self {
+            manager,
+            vm_end,
+            stopping,
+        })
     }
 
     /// Adds a device or console subscriber.
@@ -127,11 +278,24 @@ impl EventLoop {
         self.manager.add_subscriber(subscriber);
     }
 
-    /// Dispatches events until the VM ends; returns why it ended.
+    /// Dispatches events until the VM ends; returns why it ended. A guest
+    /// that shut down because ferry was asked to stop ends for that signal.
     pub fn run(&mut self) -> Result<ExitReason, Error> {
         loop {
             if let Some(reason) = self.vm_end.reason() {
-                return Ok(reason);
+                let sig = self.stopping.load(Ordering::SeqCst);
+                return Ok(match reason {
+                    ExitReason::PowerOff
+                    | ExitReason::Halt
+                    | ExitReason::Reset
+                    | ExitReason::GuestStatus(_)
+                        if sig != 0 =>
+                    {
+                        log::info!("the guest shut down as asked");
+                        ExitReason::HostSignal(sig)
+                    }
+                    other => other,
+                });
             }
             self.manager.run().map_err(Error::Run)?;
         }

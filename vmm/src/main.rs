@@ -28,6 +28,8 @@ mod status {
     pub const GUEST_RESET: i32 = 80;
     /// The guest kernel panicked.
     pub const GUEST_PANIC: i32 = 81;
+    /// `--timeout` ran out (as coreutils `timeout` reports it).
+    pub const TIMEOUT: i32 = 124;
 }
 
 /// Prints `err` and its causes on one line.
@@ -49,6 +51,10 @@ fn exit_status(reason: &ExitReason) -> i32 {
             log::info!("the guest powered off");
             0
         }
+        ExitReason::Halt => {
+            log::info!("the guest halted");
+            0
+        }
         ExitReason::GuestStatus(status) => {
             log::info!("the guest exited with status {status}");
             i32::from(*status)
@@ -66,6 +72,10 @@ fn exit_status(reason: &ExitReason) -> i32 {
             status::VMM_FAILURE
         }
         ExitReason::HostSignal(sig) => 128 + sig,
+        ExitReason::Timeout => {
+            log::warn!("the time allowed ran out; the VM was stopped");
+            status::TIMEOUT
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! vCPUs: their initial state, their run loop on a thread of their own,
 //! and the handling of each exit to ferry.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,6 +51,48 @@ pub fn install_kick_handler() -> Result<(), Error> {
     register_signal_handler(kick_signal(), on_kick).map_err(Error::Signal)
 }
 
+/// How often the vCPUs are checked for a guest that halted for good.
+pub const HALT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Tells a guest that halted (`halt`, not `poweroff`) from an idle one:
+/// Linux halts by stopping every CPU in HLT with interrupts off, which
+/// KVM's in-kernel APIC keeps to itself. Each vCPU, when kicked out of
+/// KVM_RUN, reports whether it sits in HLT with interrupts off; when all
+/// do, the guest has halted and the VM ends.
+#[derive(Debug)]
+pub struct HaltProbe {
+    halted: Vec<AtomicBool>,
+}
+
+impl HaltProbe {
+    /// A probe for `count` vCPUs.
+    pub fn new(count: u32) -> Self {
+        Self {
+            halted: (0..count).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Records vCPU `id`'s state; true once every vCPU has halted for good.
+    fn report(&self, id: u32, halted: bool) -> bool {
+        if let Some(flag) = self.halted.get(id as usize) {
+            flag.store(halted, Ordering::SeqCst);
+        }
+        halted && self.halted.iter().all(|f| f.load(Ordering::SeqCst))
+    }
+}
+
+/// Kicks each vCPU thread out of KVM_RUN, so that it reports to the halt probe.
+pub fn kick(threads: &[libc::pthread_t]) {
+    for &thread in threads {
+        // SAFETY: the threads are not joined before the event loop ends,
+        // so their ids stay valid; the kick signal's handler does nothing.
+        unsafe { libc::pthread_kill(thread, kick_signal()) };
+    }
+}
+
+/// The interrupt flag in RFLAGS.
+const RFLAGS_IF: u64 = 1 << 9;
+
 /// A vCPU ready to run.
 pub struct Vcpu {
     id: u32,
@@ -57,6 +100,7 @@ pub struct Vcpu {
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     vm_end: Arc<VmEnd>,
+    halt: Arc<HaltProbe>,
 }
 
 /// Local APIC LVT registers and delivery modes (Intel SDM vol. 3, 10.5.1).
@@ -90,6 +134,7 @@ impl Vcpu {
         io_bus: Arc<Bus>,
         mmio_bus: Arc<Bus>,
         vm_end: Arc<VmEnd>,
+        halt: Arc<HaltProbe>,
     ) -> Result<Self, Error> {
         let err = |what| move |source| Error::Kvm { id, what, source };
         let fd = vm
@@ -139,6 +184,7 @@ impl Vcpu {
             io_bus,
             mmio_bus,
             vm_end,
+            halt,
         })
     }
 
@@ -155,7 +201,13 @@ impl Vcpu {
         while !self.vm_end.has_ended() {
             let outcome = match self.fd.run() {
                 Ok(exit) => handle_exit(exit, &self.io_bus, &self.mmio_bus),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR => {
+                    if self.halt.report(self.id, self.halted_for_good()) {
+                        self.vm_end.request(ExitReason::Halt);
+                    }
+                    continue;
+                }
+                Err(e) if e.errno() == libc::EAGAIN => continue,
                 Err(e) => Err(ExitReason::Failure(format!(
                     "vCPU {}: KVM_RUN failed: {e}",
                     self.id
@@ -171,6 +223,19 @@ impl Vcpu {
                 self.vm_end.request(reason);
             }
         }
+    }
+
+    /// Whether this vCPU sits in HLT with interrupts off (only NMI or INIT wakes it).
+    fn halted_for_good(&self) -> bool {
+        let halted = self
+            .fd
+            .get_mp_state()
+            .is_ok_and(|s| s.mp_state == kvm_bindings::KVM_MP_STATE_HALTED);
+        halted
+            && self
+                .fd
+                .get_regs()
+                .is_ok_and(|regs| regs.rflags & RFLAGS_IF == 0)
     }
 
     /// Details of a KVM internal error, from the shared run structure.
@@ -273,6 +338,15 @@ mod tests {
         fn write(&mut self, _: u64, data: &[u8]) {
             self.0 = data[0];
         }
+    }
+
+    #[test]
+    fn the_guest_halted_only_when_every_vcpu_did() {
+        let probe = HaltProbe::new(2);
+        assert!(!probe.report(0, true));
+        assert!(!probe.report(1, false), "vCPU 1 still runs");
+        assert!(probe.report(1, true));
+        assert!(!probe.report(0, false));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use ferry_devices::bus::{self, Bus};
 use ferry_devices::control::{AcpiSleep, BootMarker, ExitStatus, PvPanic};
 use ferry_devices::irq::IrqLine;
 use ferry_devices::legacy::{i8042, serial, Serial, I8042};
+use ferry_devices::virtio::block::{Block, BlockStats};
 use ferry_devices::virtio::mmio::{self, MmioTransport};
 use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig, NetStats};
 use ferry_devices::virtio::{Interrupt, VirtioDevice};
@@ -27,10 +28,11 @@ use kvm_ioctls::IoEventAddress;
 use kvm_ioctls::{Kvm, VmFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
+use std::os::unix::thread::JoinHandleExt;
 
-use crate::config::{Console, Net, VmConfig};
+use crate::config::{Console, Disk, Net, VmConfig};
 use crate::console::{self, ConsoleInput, RawTerminal};
-use crate::event_loop::{self, EventLoop};
+use crate::event_loop::{self, EventLoop, HaltWatch, StopPolicy};
 use crate::{kvm, memory, vcpu};
 
 /// Errors while building or running the VM.
@@ -143,6 +145,7 @@ struct Devices {
     io_bus: Bus,
     mmio_bus: Bus,
     serial: Arc<Mutex<Serial>>,
+    keyboard: Arc<Mutex<I8042>>,
     acpi: Vec<AcpiDevice>,
     virtio_count: usize,
 }
@@ -177,7 +180,7 @@ impl Devices {
             .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
         self.acpi.push(AcpiDevice {
             hid: "LNRO0005",
-            registers: AcpiRegisters::Mmio(base as u32, VIRTIO_MMIO_SIZE as u32),
+            registers: vec![AcpiRegisters::Mmio(base as u32, VIRTIO_MMIO_SIZE as u32)],
             irq: Some(gsi),
         });
         self.virtio_count += 1;
@@ -239,10 +242,39 @@ fn add_network(
     Ok(Some(link))
 }
 
+/// Adds a virtio-blk device per disk, in order (vda, vdb, ...); returns
+/// each one's name and counters.
+fn add_disks(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    devices: &mut Devices,
+    disks: Vec<Disk>,
+) -> Result<Vec<(String, Arc<BlockStats>)>, Error> {
+    let mut all = Vec::new();
+    for (index, disk) in disks.into_iter().enumerate() {
+        let name = format!("blk{index}");
+        log::info!(
+            "{name}: {} ({} sectors{})",
+            disk.image.path().display(),
+            disk.image.sectors(),
+            if disk.image.read_only() {
+                ", read-only"
+            } else {
+                ""
+            }
+        );
+        let block = Block::new(name.clone(), disk.image, &disk.serial);
+        all.push((name, block.stats()));
+        devices.add_virtio(vm, mem, Box::new(block))?;
+    }
+    Ok(all)
+}
+
 /// Creates the legacy and control devices and wires their interrupts to KVM.
 fn create_devices(
     vm: &VmFd,
     console: &Console,
+    console_log: Option<std::fs::File>,
     vm_end: &Arc<VmEnd>,
     start: Instant,
 ) -> Result<Devices, Error> {
@@ -253,14 +285,15 @@ fn create_devices(
         IrqLine::new(serial::COM1_IRQ).map_err(|e| Error::Resource("the serial interrupt", e))?;
     vm.register_irqfd(irq.event(), irq.gsi())
         .map_err(|e| Error::VmSetup("KVM_IRQFD (serial)", e))?;
-    let output = console::output(console).map_err(Error::ConsoleOutput)?;
+    let output = console::output(console, console_log).map_err(Error::ConsoleOutput)?;
     let serial = Arc::new(Mutex::new(Serial::new(irq, output)));
     io_bus.insert(serial::COM1_PORT.into(), serial::COM1_LEN, serial.clone())?;
-    io_bus.insert(
-        i8042::I8042_PORT.into(),
-        i8042::I8042_LEN,
-        Arc::new(Mutex::new(I8042::new(vm_end.clone()))),
-    )?;
+    let kbd_irq =
+        IrqLine::new(i8042::KBD_IRQ).map_err(|e| Error::Resource("the keyboard interrupt", e))?;
+    vm.register_irqfd(kbd_irq.event(), kbd_irq.gsi())
+        .map_err(|e| Error::VmSetup("KVM_IRQFD (keyboard)", e))?;
+    let keyboard = Arc::new(Mutex::new(I8042::new(vm_end.clone(), kbd_irq)));
+    io_bus.insert(i8042::I8042_PORT.into(), i8042::I8042_LEN, keyboard.clone())?;
     io_bus.insert(
         ACPI_SLEEP_PORT.into(),
         1,
@@ -287,12 +320,21 @@ fn create_devices(
         // interrupt only if the DSDT describes the port.
         AcpiDevice {
             hid: "PNP0501",
-            registers: AcpiRegisters::Io(serial::COM1_PORT, serial::COM1_LEN as u8),
+            registers: vec![AcpiRegisters::Io(serial::COM1_PORT, serial::COM1_LEN as u8)],
             irq: Some(serial::COM1_IRQ),
+        },
+        // The keyboard controller: data and command ports, and IRQ 1.
+        AcpiDevice {
+            hid: "PNP0303",
+            registers: vec![
+                AcpiRegisters::Io(i8042::I8042_PORT, 1),
+                AcpiRegisters::Io(i8042::I8042_PORT + 4, 1),
+            ],
+            irq: Some(i8042::KBD_IRQ),
         },
         AcpiDevice {
             hid: "QEMU0001",
-            registers: AcpiRegisters::Mmio(PVPANIC_ADDR as u32, 2),
+            registers: vec![AcpiRegisters::Mmio(PVPANIC_ADDR as u32, 2)],
             irq: None,
         },
     ];
@@ -300,6 +342,7 @@ fn create_devices(
         io_bus,
         mmio_bus,
         serial,
+        keyboard,
         acpi,
         virtio_count: 0,
     })
@@ -337,13 +380,27 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
     let vm = create_vm(&kvm, config.cpus)?;
     memory::register(&vm, &mem)?;
     let vm_end = Arc::new(VmEnd::new().map_err(|e| Error::Resource("the VM end event", e))?);
-    let mut devices = create_devices(&vm, &config.console, &vm_end, start)?;
+    let mut devices = create_devices(
+        &vm,
+        &config.console,
+        config.console_log.take(),
+        &vm_end,
+        start,
+    )?;
+    let disks = add_disks(&vm, &mem, &mut devices, std::mem::take(&mut config.disks))?;
     let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
     acpi::write_acpi_tables(&mem, config.cpus, &devices.acpi)?;
     regs::write_boot_tables(&mem)?;
 
     // Before any vCPU thread starts: they inherit the blocked stop signals.
-    let mut event_loop = EventLoop::new(vm_end.clone())?;
+    let mut event_loop = EventLoop::new(
+        vm_end.clone(),
+        StopPolicy {
+            timeout: config.timeout,
+            shutdown_grace: config.shutdown_grace,
+            keyboard: devices.keyboard.clone(),
+        },
+    )?;
     let _raw_terminal = if config.console == Console::Stdio {
         let input = ConsoleInput::new(devices.serial.clone())
             .map_err(|e| Error::Resource("the console timer", e))?;
@@ -356,6 +413,7 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
     vcpu::install_kick_handler()?;
     let io_bus = Arc::new(devices.io_bus);
     let mmio_bus = Arc::new(devices.mmio_bus);
+    let halt = Arc::new(vcpu::HaltProbe::new(config.cpus));
     let mut vcpus = Vec::new();
     for id in 0..config.cpus {
         vcpus.push(vcpu::Vcpu::new(
@@ -367,6 +425,7 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
             io_bus.clone(),
             mmio_bus.clone(),
             vm_end.clone(),
+            halt.clone(),
         )?);
     }
     let mut threads = Vec::new();
@@ -380,6 +439,11 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
         }
     }
 
+    let thread_ids = threads.iter().map(|t| t.as_pthread_t()).collect();
+    match HaltWatch::new(thread_ids) {
+        Ok(watch) => event_loop.add(Arc::new(Mutex::new(watch))),
+        Err(e) => log::warn!("cannot watch for a halted guest: {e}"),
+    }
     let outcome = event_loop.run();
     if outcome.is_err() {
         vm_end.request(ExitReason::Failure("the event loop failed".into()));
@@ -391,6 +455,13 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
     drop(mmio_bus);
     if let Some(passt) = passt {
         passt.stop();
+    }
+    for (name, stats) in disks {
+        log::info!(
+            "{name}: {} requests ({} malformed chains)",
+            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+            stats.bad_chains.load(std::sync::atomic::Ordering::Relaxed)
+        );
     }
     // Guest memory outlives every vCPU: it is dropped only here.
     drop(mem);

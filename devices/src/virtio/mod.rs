@@ -2,6 +2,7 @@
 //! virtio 1.x devices: the [`VirtioDevice`] model apart from its
 //! [`mmio::MmioTransport`], and the interrupt state they share.
 
+pub mod block;
 pub mod mmio;
 pub mod net;
 
