@@ -66,6 +66,10 @@ fn help_documents_every_option_and_the_exit_statuses() {
         "--memory",
         "--console",
         "--log-level",
+        "--disk",
+        "--timeout",
+        "--console-log",
+        "--shutdown-grace",
     ] {
         assert!(out.stdout.contains(option), "--help lacks {option}");
     }
@@ -278,4 +282,72 @@ fn bad_network_options_are_refused() {
         BAD_CONFIG,
         "--publish 80",
     );
+}
+
+#[test]
+fn malformed_disk_options_are_refused() {
+    let k = kernel();
+    for (spec, needle) in [
+        ("img,rw", "--disk img,rw"),
+        (",ro", "--disk ,ro"),
+        ("img,id=way-too-long-for-a-serial", "serial"),
+    ] {
+        let out = ferry(&["--kernel", &k, "--net", "none", "--disk", spec]);
+        assert_error(&out, BAD_CONFIG, needle);
+    }
+    let out = ferry(&[
+        "--kernel",
+        &k,
+        "--net",
+        "none",
+        "--disk",
+        "/nonexistent/disk.img",
+    ]);
+    assert_error(
+        &out,
+        BAD_CONFIG,
+        "cannot open the disk /nonexistent/disk.img",
+    );
+    let out = ferry(&["--kernel", &k, "--net", "none", "--timeout=-3"]);
+    assert_error(&out, BAD_CONFIG, "--timeout -3");
+}
+
+#[test]
+fn a_disk_in_use_is_refused_unless_both_share_it_read_only() {
+    use std::os::fd::AsRawFd;
+    let dir = scratch("locked");
+    let image = dir.join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let path = image.display().to_string();
+    // Another VM's lock, as ferry takes it: exclusive for a writer.
+    let holder = std::fs::File::open(&image).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    let locked = unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, 0);
+    for spec in [path.clone(), format!("{path},ro")] {
+        let out = ferry(&["--kernel", &kernel(), "--net", "none", "--disk", &spec]);
+        assert_error(&out, BAD_CONFIG, "in use by another process");
+    }
+    // A reader's shared lock: another reader gets past the disk (to KVM or
+    // the guest), a writer does not.
+    // SAFETY: as above.
+    unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    let out = ferry(&["--kernel", &kernel(), "--net", "none", "--disk", &path]);
+    assert_error(&out, BAD_CONFIG, "in use by another process");
+    let out = ferry(&[
+        "--kernel",
+        &kernel(),
+        "--net",
+        "none",
+        "--disk",
+        &format!("{path},ro"),
+        "--timeout",
+        "0",
+    ]);
+    assert!(
+        !out.stderr.contains("in use"),
+        "read-only users share an image: {}",
+        out.describe()
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -15,6 +15,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod disk;
 mod net;
 mod tests;
 
@@ -42,6 +43,7 @@ pub const BASE_CMDLINE: &str =
 #[derive(Debug)]
 pub struct Boot {
     args: Vec<String>,
+    kernel_args: String,
     guest_cmd: String,
     timeout: Duration,
     expect_reset: bool,
@@ -54,6 +56,7 @@ impl Boot {
     pub fn new(guest_cmd: &str) -> Self {
         Self {
             args: Vec::new(),
+            kernel_args: String::new(),
             guest_cmd: guest_cmd.to_string(),
             timeout: Duration::from_secs(150),
             expect_reset: false,
@@ -81,6 +84,13 @@ impl Boot {
     /// Adds ferry arguments.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Adds kernel parameters (before the guest command).
+    pub fn kernel_args(mut self, args: &str) -> Self {
+        self.kernel_args.push(' ');
+        self.kernel_args.push_str(args);
         self
     }
 
@@ -112,7 +122,10 @@ impl Boot {
             .arg(std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .arg("--cmdline")
             // One quoted argument: the kernel hands init at most 32 words.
-            .arg(format!("{BASE_CMDLINE} -- \"{}\"", self.guest_cmd))
+            .arg(format!(
+                "{BASE_CMDLINE}{} -- \"{}\"",
+                self.kernel_args, self.guest_cmd
+            ))
             .args(&self.args);
         Ok(cmd)
     }

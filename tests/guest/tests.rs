@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+use crate::disk::{
+    halted_guest_ends_the_vm, read_only_disk_rejects_writes, root_disk_data_survives_a_reboot,
+    sigkill_keeps_the_console_log_and_synced_data, sigterm_shuts_the_guest_down_cleanly,
+    timeout_stops_the_vm_and_synced_data_stays, two_disks_in_order_with_serials,
+};
 use crate::{check, net, Boot, Test, GUEST_RESET};
 
 /// The pvpanic exit status.
@@ -31,6 +36,13 @@ pub const ALL: &[Test] = tests![
     rootless_network,
     passt_killed_mid_transfer,
     sigkill_leaves_no_passt,
+    root_disk_data_survives_a_reboot,
+    read_only_disk_rejects_writes,
+    two_disks_in_order_with_serials,
+    timeout_stops_the_vm_and_synced_data_stays,
+    sigterm_shuts_the_guest_down_cleanly,
+    sigkill_keeps_the_console_log_and_synced_data,
+    halted_guest_ends_the_vm,
 ];
 
 fn boots_to_userspace() -> Result<(), String> {

@@ -387,12 +387,8 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
         &vm_end,
         start,
     )?;
-    let disks = add_disks(&vm, &mem, &mut devices, std::mem::take(&mut config.disks))?;
-    let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
-    acpi::write_acpi_tables(&mem, config.cpus, &devices.acpi)?;
-    regs::write_boot_tables(&mem)?;
-
-    // Before any vCPU thread starts: they inherit the blocked stop signals.
+    // Before any thread starts (passt's log reader, devices, vCPUs): they
+    // inherit the blocked stop signals, which only the loop then takes.
     let mut event_loop = EventLoop::new(
         vm_end.clone(),
         StopPolicy {
@@ -401,6 +397,11 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
             keyboard: devices.keyboard.clone(),
         },
     )?;
+    let disks = add_disks(&vm, &mem, &mut devices, std::mem::take(&mut config.disks))?;
+    let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
+    acpi::write_acpi_tables(&mem, config.cpus, &devices.acpi)?;
+    regs::write_boot_tables(&mem)?;
+
     let _raw_terminal = if config.console == Console::Stdio {
         let input = ConsoleInput::new(devices.serial.clone())
             .map_err(|e| Error::Resource("the console timer", e))?;
