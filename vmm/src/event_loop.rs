@@ -5,7 +5,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use ferry_devices::legacy::I8042;
@@ -53,8 +53,10 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHU
 /// limit, and the grace period of a clean shutdown.
 #[derive(Debug, Clone)]
 pub struct StopPolicy {
-    /// Stop the VM after this long (`--timeout`).
+    /// Stop the VM this long after ferry started (`--timeout`).
     pub timeout: Option<Duration>,
+    /// When ferry started.
+    pub start: Instant,
     /// How long the guest gets to shut down on SIGTERM/SIGINT (0: none).
     pub shutdown_grace: Duration,
     /// The keyboard controller, to press Ctrl-Alt-Del.
@@ -111,9 +113,10 @@ impl StopWatch {
         let signals = block_stop_signals()?;
         let mut timeout = TimerFd::new().map_err(std::io::Error::from)?;
         if let Some(limit) = policy.timeout {
+            let left = limit.saturating_sub(policy.start.elapsed());
             // A zero duration would disarm the timer: a nanosecond ends at once.
             timeout
-                .reset(limit.max(Duration::from_nanos(1)), None)
+                .reset(left.max(Duration::from_nanos(1)), None)
                 .map_err(std::io::Error::from)?;
         }
         Ok(Self {

@@ -393,6 +393,7 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
         vm_end.clone(),
         StopPolicy {
             timeout: config.timeout,
+            start,
             shutdown_grace: config.shutdown_grace,
             keyboard: devices.keyboard.clone(),
         },

@@ -1,0 +1,1 @@
+/work/main/resources/guest-tool/target/release/ft: /work/main/resources/guest-tool/src/main.rs
