@@ -18,6 +18,12 @@ It prints medians (min-max) and the ratio ferry / best QEMU per figure,
 and writes JSON. A run that does not finish every phase is retried once.
 
 Usage: bench/disk.py [--runs N] [--vmm ferry,qemu-q35,qemu-microvm] [--json FILE]
+                     [--dir DIR | --loop-ext4]
+The image must live on a filesystem with O_DIRECT (for QEMU's cache=none)
+that is a fair stand-in for a host's disk. Inside kvm-host neither the
+repository (9p, which turns every segment of a vectored read into its own
+round trip) nor /tmp (tmpfs, no O_DIRECT) is: there, --loop-ext4 (root)
+puts the image on an ext4 filesystem loop-mounted from /tmp.
 Needs: a /dev/kvm that boots stock guests (inside ../shared/kvm-host here),
 qemu-system-x86, resources/build-guest.sh, cargo build --release.
 """
@@ -35,6 +41,7 @@ KERNEL = os.path.join(ROOT, "resources/out/vmlinuz")
 INITRD = os.path.join(ROOT, "resources/out/initramfs.cpio.gz")
 FERRY = os.environ.get("BENCH_FERRY", os.path.join(ROOT, "target/release/ferry"))
 IMAGE_MIB = 512
+QEMU_CACHE = "none"
 BASE = "console=ttyS0 quiet reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"
 PHASES = [
     ("seq-write", "ft disk-seq /dev/vda write 128", r"([\d.]+) MB/s"),
@@ -54,7 +61,7 @@ def command(vmm, image):
     if vmm == "ferry":
         return [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", "512", "--net", "none",
                 "--disk", image, "--cmdline", f"{BASE} pci=off {tail}"]
-    drive = f"file={image},format=raw,cache=none,aio=threads"
+    drive = f"file={image},format=raw,cache={QEMU_CACHE},aio=threads"
     common = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", "512",
               "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
               "-serial", "stdio", "-kernel", KERNEL, "-initrd", INITRD]
@@ -101,8 +108,24 @@ def main():
     ap.add_argument("--json", default=os.path.join(ROOT, "target/bench-disk.json"))
     ap.add_argument("--dir", default=os.path.join(ROOT, "target"),
                     help="where the image lives (a filesystem with O_DIRECT, for QEMU's cache=none)")
+    ap.add_argument("--loop-ext4", action="store_true",
+                    help="put the image on an ext4 filesystem loop-mounted from /tmp (needs root)")
+    ap.add_argument("--qemu-cache", default="none",
+                    help="QEMU's cache mode (none, as the reference; writeback is buffered like ferry)")
     args = ap.parse_args()
+    global QEMU_CACHE
+    QEMU_CACHE = args.qemu_cache
     vmms = args.vmm.split(",")
+    mount = None
+    if args.loop_ext4:
+        backing = f"/tmp/bench-disk-fs-{os.getpid()}.ext4"
+        mount = f"/tmp/bench-disk-mnt-{os.getpid()}"
+        with open(backing, "wb") as f:
+            f.truncate((IMAGE_MIB + 128) << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", backing], check=True)
+        os.makedirs(mount, exist_ok=True)
+        subprocess.run(["mount", "-o", "loop", backing, mount], check=True)
+        args.dir = mount
     for f in (KERNEL, INITRD, FERRY):
         if not os.path.exists(f):
             sys.exit(f"bench/disk: {f} is missing (resources/build-guest.sh; cargo build --release)")
@@ -127,6 +150,10 @@ def main():
                     print(f"  {vmm} run {run + 1}: {figs}", flush=True)
     finally:
         os.unlink(image)
+        if mount:
+            subprocess.run(["umount", mount], check=False)
+            os.rmdir(mount)
+            os.unlink(backing)
 
     print()
     print(f"{'figure':<12}" + "".join(f"{v:>24}" for v in vmms) + f"{'ferry/best QEMU':>18}")
