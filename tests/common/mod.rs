@@ -95,10 +95,11 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Outcome {
             break status;
         }
         if start.elapsed() > timeout {
-            // SIGTERM first, so that ferry can say where it stood; then SIGKILL.
+            // SIGHUP first (ferry stops at once, no shutdown grace), so that
+            // it can say where it stood (its devices' counters); then SIGKILL.
             timed_out = true;
             // SAFETY: our own child's pid, not yet reaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
             std::thread::sleep(Duration::from_secs(3));
             let _ = child.kill();
             break child.wait().expect("wait for the killed child");

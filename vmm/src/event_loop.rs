@@ -304,3 +304,56 @@ impl EventLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_devices::irq::IrqLine;
+
+    fn watch(grace: Duration) -> (StopWatch, Arc<VmEnd>) {
+        let end = Arc::new(VmEnd::new().unwrap());
+        let keyboard = Arc::new(Mutex::new(I8042::new(
+            end.clone(),
+            IrqLine::new(1).unwrap(),
+        )));
+        let policy = StopPolicy {
+            timeout: None,
+            start: Instant::now(),
+            shutdown_grace: grace,
+            keyboard,
+        };
+        (StopWatch::new(end.clone(), policy).unwrap(), end)
+    }
+
+    #[test]
+    fn sigterm_asks_the_guest_first_and_a_second_signal_stops_it() {
+        let (mut w, end) = watch(Duration::from_secs(10));
+        w.on_signal(libc::SIGTERM);
+        assert!(!end.has_ended(), "the guest gets its grace period");
+        assert_eq!(w.stopping.load(Ordering::SeqCst), libc::SIGTERM);
+        w.on_signal(libc::SIGINT);
+        assert_eq!(end.reason(), Some(ExitReason::HostSignal(libc::SIGINT)));
+    }
+
+    #[test]
+    fn sighup_or_no_grace_stops_at_once() {
+        let (mut w, end) = watch(Duration::from_secs(10));
+        w.on_signal(libc::SIGHUP);
+        assert_eq!(end.reason(), Some(ExitReason::HostSignal(libc::SIGHUP)));
+        let (mut w, end) = watch(Duration::ZERO);
+        w.on_signal(libc::SIGTERM);
+        assert_eq!(end.reason(), Some(ExitReason::HostSignal(libc::SIGTERM)));
+    }
+
+    #[test]
+    fn a_guest_without_a_keyboard_driver_is_stopped_at_once() {
+        let (mut w, end) = watch(Duration::from_secs(10));
+        {
+            let mut kbd = w.policy.keyboard.lock().unwrap();
+            // The driver disabled the keyboard port (command 0xad).
+            ferry_devices::bus::BusDevice::write(&mut *kbd, 4, &[0xad]);
+        }
+        w.on_signal(libc::SIGTERM);
+        assert_eq!(end.reason(), Some(ExitReason::HostSignal(libc::SIGTERM)));
+    }
+}
