@@ -133,9 +133,14 @@ impl RxSide {
                 return true;
             }
             match self.queue.pop_descriptor_chain(mem) {
+                // Progress: "more available" next time is news again, not a broken index.
                 Some(chain) => match RxBuffer::from_chain(mem, chain) {
-                    Ok(buf) => self.stash.push_back(buf),
+                    Ok(buf) => {
+                        rechecked = false;
+                        self.stash.push_back(buf);
+                    }
                     Err((head, e)) => {
+                        rechecked = false;
                         log::debug!("net{}: RX chain {head}: {e}", self.id);
                         bump(&self.stats.rx_errors, 1);
                         self.add_used(mem, &[(head, 0)]);
@@ -339,6 +344,8 @@ impl NetWorker {
                 let Some(chain) = self.p.tx_queue.pop_descriptor_chain(&mem) else {
                     break;
                 };
+                // Progress: "more available" next time is news again, not a broken index.
+                rechecked = false;
                 let head = chain.head_index();
                 match tx::frame_of_chain(&mem, chain) {
                     Ok(frame) => {
