@@ -3,6 +3,7 @@
 //! [`mmio::MmioTransport`], and the interrupt state they share.
 
 pub mod block;
+mod device_thread;
 pub mod mmio;
 pub mod net;
 

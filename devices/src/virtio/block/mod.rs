@@ -9,10 +9,10 @@ mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::device_thread::DeviceThread;
 use super::{
     ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
@@ -48,13 +48,6 @@ mod feature {
     pub const WRITE_ZEROES: u32 = 14;
 }
 
-/// A running I/O thread.
-#[derive(Debug)]
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
 /// A virtio-blk disk backed by an image file.
 #[derive(Debug)]
 pub struct Block {
@@ -63,7 +56,7 @@ pub struct Block {
     serial: [u8; ID_LEN],
     writeback: Arc<AtomicBool>,
     stats: Arc<BlockStats>,
-    worker: Option<Worker>,
+    worker: Option<DeviceThread<()>>,
 }
 
 impl Block {
@@ -111,8 +104,7 @@ impl Block {
 
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            if worker.thread.join().is_err() {
+            if worker.stop().is_none() {
                 log::error!("{}: the I/O thread panicked", self.name);
             }
         }
@@ -196,11 +188,9 @@ impl VirtioDevice for Block {
             stats: self.stats.clone(),
             stopped: false,
         };
-        let thread = std::thread::Builder::new()
-            .name(self.name.clone())
-            .spawn(move || worker.run())
+        let thread = DeviceThread::spawn(self.name.clone(), stop, move || worker.run())
             .map_err(ActivateError::Worker)?;
-        self.worker = Some(Worker { stop, thread });
+        self.worker = Some(thread);
         Ok(())
     }
 

@@ -5,12 +5,13 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::DiskImage;
 use super::request::{Request, Settings, ID_LEN};
+use crate::virtio::device_thread::run_until_stopped;
 use crate::virtio::Interrupt;
 use crate::GuestMemory;
 
@@ -48,24 +49,7 @@ impl BlockWorker {
     /// Runs until told to stop.
     pub fn run(self) {
         let name = self.name.clone();
-        let mut manager = match EventManager::<BlockWorker>::new() {
-            Ok(m) => m,
-            Err(e) => {
-                log::error!("{name}: cannot create the event loop: {e:?}");
-                return;
-            }
-        };
-        let sub = manager.add_subscriber(self);
-        loop {
-            if let Err(e) = manager.run() {
-                log::error!("{name}: event loop failed: {e:?}");
-                break;
-            }
-            match manager.subscriber_mut(sub) {
-                Ok(w) if !w.stopped => {}
-                _ => break,
-            }
-        }
+        run_until_stopped(&name, self, |w| w.stopped);
     }
 
     /// Runs every available request; interrupts the guest if it asked.

@@ -9,10 +9,10 @@ mod worker;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::device_thread::DeviceThread;
 use super::{
     ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
@@ -52,13 +52,6 @@ pub struct NetConfig {
     pub mtu: u16,
 }
 
-/// A running data-path thread.
-#[derive(Debug)]
-struct Worker {
-    stop: EventFd,
-    thread: JoinHandle<Option<UnixStream>>,
-}
-
 /// A virtio-net card whose backend is a stream socket to passt.
 #[derive(Debug)]
 pub struct Net {
@@ -67,7 +60,7 @@ pub struct Net {
     link_up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
     backend: Option<UnixStream>,
-    worker: Option<Worker>,
+    worker: Option<DeviceThread<Option<UnixStream>>>,
 }
 
 impl Net {
@@ -105,10 +98,9 @@ impl Net {
 
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
-            let _ = worker.stop.write(1);
-            match worker.thread.join() {
-                Ok(backend) => self.backend = backend,
-                Err(_) => log::error!("net{}: the data-path thread panicked", self.id),
+            match worker.stop() {
+                Some(backend) => self.backend = backend,
+                None => log::error!("net{}: the data-path thread panicked", self.id),
             }
         }
     }
@@ -179,11 +171,9 @@ impl VirtioDevice for Net {
             mrg_rxbuf: activation.features & (1 << feature::MRG_RXBUF) != 0,
             data_valid: activation.features & (1 << feature::GUEST_CSUM) != 0,
         });
-        let thread = std::thread::Builder::new()
-            .name(format!("net{}", self.id))
-            .spawn(move || worker.run())
+        let thread = DeviceThread::spawn(format!("net{}", self.id), stop, move || worker.run())
             .map_err(ActivateError::Worker)?;
-        self.worker = Some(Worker { stop, thread });
+        self.worker = Some(thread);
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use ferry_net_passt::writer::FdSink;
 use ferry_net_passt::{Decoder, FrameWriter, OutFrame};
 use virtio_queue::{Queue, QueueT};
@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::rx::{self, RxBuffer};
 use super::tx;
 use super::NET_HDR_LEN;
+use crate::virtio::device_thread::run_until_stopped;
 use crate::virtio::Interrupt;
 use crate::GuestMemory;
 
@@ -270,29 +271,8 @@ impl NetWorker {
 
     /// Runs until told to stop; hands the backend back (if it still works).
     pub fn run(self) -> Option<UnixStream> {
-        let id = self.p.id;
-        let mut manager = match EventManager::<NetWorker>::new() {
-            Ok(m) => m,
-            Err(e) => {
-                log::error!("net{id}: cannot create the event loop: {e:?}");
-                return self.p.backend;
-            }
-        };
-        let sub = manager.add_subscriber(self);
-        loop {
-            if let Err(e) = manager.run() {
-                log::error!("net{id}: event loop failed: {e:?}");
-                break;
-            }
-            match manager.subscriber_mut(sub) {
-                Ok(w) if !w.stopped => {}
-                _ => break,
-            }
-        }
-        manager
-            .remove_subscriber(sub)
-            .ok()
-            .and_then(|w| w.p.backend)
+        let name = format!("net{}", self.p.id);
+        run_until_stopped(&name, self, |w| w.stopped).and_then(|w| w.p.backend)
     }
 
     /// passt's stream broke: the link goes down, the guest is told, the VM runs on.
