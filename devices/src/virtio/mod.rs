@@ -129,6 +129,16 @@ pub enum ActivateError {
     Worker(#[source] std::io::Error),
 }
 
+/// Copies a device's configuration space `bytes` from `offset` into
+/// `data`; bytes beyond the space read as zero.
+pub fn read_config_bytes(bytes: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    if let Some(rest) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) {
+        let n = data.len().min(rest.len());
+        data[..n].copy_from_slice(&rest[..n]);
+    }
+}
+
 /// A virtio device model: features, configuration space, queues. It never
 /// sees MMIO offsets: the transport owns the register file.
 pub trait VirtioDevice: Send {

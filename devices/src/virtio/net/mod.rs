@@ -13,6 +13,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device_thread::DeviceThread;
+use super::read_config_bytes;
 use super::{
     ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
@@ -135,13 +136,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let bytes = self.config_bytes();
-        data.fill(0);
-        let start = offset as usize;
-        if start < bytes.len() {
-            let n = data.len().min(bytes.len() - start);
-            data[..n].copy_from_slice(&bytes[start..start + n]);
-        }
+        read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
