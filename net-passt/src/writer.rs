@@ -1,8 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Writing frames to passt: each frame's length prefix and segments go
-//! out in one `writev` with the frames before and after it. A short write
+//! out in one `writev`, small frames several to a `writev`. A short write
 //! never tears the stream: the unsent rest of a started frame is copied
 //! aside and goes out first on the next call.
+//!
+//! Why a large frame travels alone: passt (2023 releases) finishes a frame
+//! it read only in part with a single further `recv`. The kernel queues a
+//! UNIX stream write in chunks of about 36 KiB, and a `recv` returns what
+//! is queued when it runs, so a rest longer than one chunk can arrive in
+//! pieces; passt then loses its place in the stream and drops every frame
+//! until it finds a frame boundary again (the guest's TCP sees losses and
+//! waits for retransmission timeouts). With at most one large frame per
+//! `writev`, the rest of a frame cut short by a full socket is always
+//! shorter than one chunk. A `writev` of several frames stays within one
+//! chunk ([`SHARED_WRITE_MAX`]), so the kernel takes it whole or not at all.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -11,6 +22,11 @@ use crate::frame::{self, FrameError, PREFIX_LEN};
 
 /// Most iovecs one `writev` takes (Linux `UIO_MAXIOV`).
 const MAX_IOVECS: usize = 1024;
+
+/// Most bytes (prefixes included) of a `writev` that carries more than one
+/// frame: within the smallest chunk the kernel queues a UNIX stream write
+/// in (32 KiB of pages plus a page of head room).
+pub const SHARED_WRITE_MAX: usize = 32 * 1024;
 
 /// One outgoing frame: its segments, in memory that stays readable and
 /// unchanged by ferry while the frame is written (guest memory).
@@ -148,12 +164,17 @@ impl FrameWriter {
         }
         let mut taken = 0;
         while taken < frames.len() {
-            // One writev for as many whole frames as fit in the iovec limit.
+            // One writev: a frame alone, or whole frames that share one
+            // kernel chunk and the iovec limit.
             let mut iov = Vec::new();
+            let mut bytes = 0;
             let mut batch_end = taken;
             while batch_end < frames.len()
                 && iov.len() + 1 + frames[batch_end].segments.len() <= MAX_IOVECS
+                && (batch_end == taken
+                    || bytes + PREFIX_LEN + frames[batch_end].len <= SHARED_WRITE_MAX)
             {
+                bytes += PREFIX_LEN + frames[batch_end].len;
                 iov.push(libc::iovec {
                     iov_base: prefixes[batch_end].as_ptr() as *mut libc::c_void,
                     iov_len: PREFIX_LEN,
@@ -250,12 +271,17 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut dec = Decoder::new(0);
-        dec.spare()[..bytes.len()].copy_from_slice(bytes);
-        dec.commit(bytes.len());
         let mut frames = Vec::new();
-        while let Some(f) = dec.peek().unwrap() {
-            frames.push(f.to_vec());
-            dec.consume();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = dec.spare().len().min(rest.len());
+            dec.spare()[..n].copy_from_slice(&rest[..n]);
+            dec.commit(n);
+            rest = &rest[n..];
+            while let Some(f) = dec.peek().unwrap() {
+                frames.push(f.to_vec());
+                dec.consume();
+            }
         }
         assert_eq!(dec.buffered(), 0, "the stream must end on a frame boundary");
         frames
@@ -291,6 +317,52 @@ mod tests {
             }
             assert_eq!(decode(&sink.out), expected, "limits {limits:?}");
         }
+    }
+
+    /// A sink that takes everything and records the size of each `writev`.
+    #[derive(Default)]
+    struct Recording {
+        out: Vec<u8>,
+        writes: Vec<usize>,
+    }
+
+    impl VectoredSink for Recording {
+        fn writev(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
+            let before = self.out.len();
+            for v in iov {
+                // SAFETY: test iovecs point to live test buffers.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+                self.out.extend_from_slice(bytes);
+            }
+            self.writes.push(self.out.len() - before);
+            Ok(self.out.len() - before)
+        }
+    }
+
+    #[test]
+    fn large_frames_travel_alone_and_small_ones_share_a_chunk() {
+        let ack = vec![1u8; 66];
+        let big = vec![2u8; 65_534];
+        let mid = vec![3u8; 20_000];
+        let parts: Vec<&[u8]> = vec![&ack, &ack, &big, &big, &ack, &mid, &mid, &ack, &ack];
+        let frames: Vec<OutFrame> = parts.iter().map(|p| out_frame(&[p])).collect();
+        let mut sink = Recording::default();
+        let taken = FrameWriter::new().write(&mut sink, &frames).unwrap();
+        assert_eq!(taken, frames.len());
+        let sizes: Vec<usize> = parts.iter().map(|p| PREFIX_LEN + p.len()).collect();
+        assert_eq!(
+            sink.writes,
+            vec![
+                sizes[0] + sizes[1],
+                sizes[2],
+                sizes[3],
+                sizes[4] + sizes[5],
+                sizes[6] + sizes[7] + sizes[8],
+            ]
+        );
+        let expected: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        assert_eq!(decode(&sink.out), expected);
     }
 
     #[test]
