@@ -285,8 +285,12 @@ fn run_here(filter: &[String]) -> i32 {
                     test.name,
                     msg.lines().next().unwrap_or_default()
                 );
-                // The end of the console says which hazard it was.
+                // The card's counters say whether the data path moved, and
+                // the end of the console which hazard it was.
                 let lines: Vec<&str> = msg.lines().collect();
+                for line in lines.iter().filter(|l| l.contains("net0: tx ")) {
+                    println!("    | {line}");
+                }
                 for line in &lines[lines.len().saturating_sub(6)..] {
                     println!("    | {line}");
                 }
