@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The data path of one card, on its own thread with its own event loop:
-//! guest TX chains go to passt in batched `writev`s straight from guest
-//! memory; passt's stream is read in large chunks and each frame copied
+//! guest TX chains go to passt in `writev`s straight from guest memory
+//! (the writer decides how frames share them); passt's stream is read in large chunks and each frame copied
 //! into the guest's RX buffers. When the guest has no RX buffers the
 //! stream is left unread (held back, never dropped) until it posts more;
 //! when passt's socket is full the TX ring is left alone until it drains.
@@ -208,7 +208,7 @@ const TX_KICK: u32 = 1;
 const BACKEND: u32 = 2;
 const STOP: u32 = 3;
 
-/// Most TX chains gathered for one `writev` round.
+/// Most TX chains gathered for one round of writes.
 const TX_BATCH: usize = 64;
 /// Read buffer for passt's stream: several largest frames, so that one
 /// `read` brings many frames.
