@@ -13,7 +13,7 @@
 //! waits for retransmission timeouts). With at most one large frame per
 //! `writev`, the rest of a frame cut short by a full socket is always
 //! shorter than one chunk. A `writev` of several frames stays within one
-//! chunk ([`SHARED_WRITE_MAX`]), so the kernel takes it whole or not at all.
+//! chunk (`SHARED_WRITE_MAX`, 32 KiB), so the kernel takes it whole or not at all.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,7 +26,7 @@ const MAX_IOVECS: usize = 1024;
 /// Most bytes (prefixes included) of a `writev` that carries more than one
 /// frame: within the smallest chunk the kernel queues a UNIX stream write
 /// in (32 KiB of pages plus a page of head room).
-pub const SHARED_WRITE_MAX: usize = 32 * 1024;
+const SHARED_WRITE_MAX: usize = 32 * 1024;
 
 /// One outgoing frame: its segments, in memory that stays readable and
 /// unchanged by ferry while the frame is written (guest memory).
