@@ -179,12 +179,11 @@ fn socket_pair() -> std::io::Result<(UnixStream, OwnedFd)> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // The socket buffers keep the kernel's defaults, as QEMU's do. On an
-    // AF_UNIX stream only the sender's buffer bounds what is queued, and a
-    // deep send backlog (4 MiB tried) lets passt read hundreds of frames at
-    // once, some of which this passt then loses: the guest's TCP
-    // retransmitted 60 vs 3 segments per 6 s transfer at MTU 65520, 1262 vs
-    // 238 at MTU 1500, and sent less.
+    // The socket buffers keep the kernel's defaults, as QEMU's do. A deep
+    // send backlog (4 MiB tried) made the guest's TCP retransmit 60 vs 3
+    // segments per 6 s transfer at MTU 65520 and send less: the longer the
+    // rest of a frame cut short by a full socket, the likelier this passt
+    // loses its place in the stream (see `writer`).
     // SAFETY: both descriptors are fresh and owned by nothing else.
     let ours = unsafe { UnixStream::from_raw_fd(fds[0]) };
     // SAFETY: as above.

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The data path of one card, on its own thread with its own event loop:
 //! guest TX chains go to passt in `writev`s straight from guest memory
-//! (the writer decides how frames share them); passt's stream is read in large chunks and each frame copied
-//! into the guest's RX buffers. When the guest has no RX buffers the
-//! stream is left unread (held back, never dropped) until it posts more;
-//! when passt's socket is full the TX ring is left alone until it drains.
+//! (the writer decides how frames share them); passt's stream is read in
+//! large chunks and each frame copied into the guest's RX buffers. When
+//! the guest has no RX buffers the stream is left unread (held back, never
+//! dropped) until it posts more; when passt's socket is full the TX ring
+//! is left alone until it drains.
 
 use std::collections::VecDeque;
 use std::io;
