@@ -430,6 +430,10 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
             halt.clone(),
         )?);
     }
+    log::debug!(
+        "guest set up {} ms after launch; starting the vCPUs",
+        start.elapsed().as_millis()
+    );
     let mut threads = Vec::new();
     for vcpu in vcpus {
         match vcpu.start() {
