@@ -29,11 +29,15 @@ const MAX_IOVECS: usize = 1024;
 const SHARED_WRITE_MAX: usize = 32 * 1024;
 
 /// One outgoing frame: its segments, in memory that stays readable and
-/// unchanged by ferry while the frame is written (guest memory).
+/// unchanged by ferry while the frame is written (guest memory), and at
+/// most one small overlay of ferry's own (a checksum ferry completed).
 #[derive(Debug)]
 pub struct OutFrame {
     segments: Vec<libc::iovec>,
     len: usize,
+    /// The bytes an overlay segment points to; on the heap, so that the
+    /// segment stays valid when the frame moves.
+    overlay: Option<Box<[u8; 2]>>,
 }
 
 // SAFETY: the iovecs point into guest memory, which lives as long as the VM
@@ -48,7 +52,56 @@ impl OutFrame {
     /// stays mapped until the frame has been passed to [`FrameWriter::write`].
     pub unsafe fn new(segments: Vec<libc::iovec>) -> Self {
         let len = segments.iter().map(|s| s.iov_len).sum();
-        Self { segments, len }
+        Self {
+            segments,
+            len,
+            overlay: None,
+        }
+    }
+
+    /// Sends `bytes` in place of the frame's bytes `at..at + 2`, without
+    /// writing to the memory the frame points to (the guest's, which the
+    /// device must only read). False, and nothing changed, if the range
+    /// is not inside the frame or the frame already has an overlay.
+    pub fn overlay(&mut self, at: usize, bytes: [u8; 2]) -> bool {
+        if self.overlay.is_some() || at.checked_add(2).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        let boxed = Box::new(bytes);
+        let patch = libc::iovec {
+            iov_base: boxed.as_ptr() as *mut libc::c_void,
+            iov_len: 2,
+        };
+        let mut out = Vec::with_capacity(self.segments.len() + 2);
+        let mut pos = 0;
+        for seg in &self.segments {
+            let (start, end) = (pos, pos + seg.iov_len);
+            pos = end;
+            // The part of this segment before the overlay, the overlay
+            // itself where it begins, and the part after it.
+            let keep_before = at.clamp(start, end) - start;
+            let keep_after = end - (at + 2).clamp(start, end);
+            if keep_before > 0 {
+                out.push(libc::iovec {
+                    iov_base: seg.iov_base,
+                    iov_len: keep_before,
+                });
+            }
+            if (start..end).contains(&at) {
+                out.push(patch);
+            }
+            if keep_after > 0 {
+                out.push(libc::iovec {
+                    // SAFETY: the offset is inside the segment.
+                    iov_base: unsafe { (seg.iov_base as *mut u8).add(seg.iov_len - keep_after) }
+                        as *mut libc::c_void,
+                    iov_len: keep_after,
+                });
+            }
+        }
+        self.segments = out;
+        self.overlay = Some(boxed);
+        true
     }
 
     /// The frame's length in bytes.
@@ -363,6 +416,41 @@ mod tests {
         );
         let expected: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
         assert_eq!(decode(&sink.out), expected);
+    }
+
+    #[test]
+    fn an_overlay_replaces_two_bytes_without_touching_the_source() {
+        let a: Vec<u8> = (0..12).collect();
+        let b: Vec<u8> = (12..20).collect();
+        let with = |at: usize| {
+            let mut v: Vec<u8> = (0..20).collect();
+            v[at..at + 2].copy_from_slice(&[0xaa, 0xbb]);
+            v
+        };
+        // At a segment's start, straddling two segments, at the very end.
+        for at in [0, 11, 12, 18] {
+            let mut frame = out_frame(&[&a, &b]);
+            assert!(frame.overlay(at, [0xaa, 0xbb]));
+            assert_eq!(frame.len(), 20);
+            assert!(!frame.overlay(0, [1, 1]), "one overlay per frame");
+            // Six bytes a call: the frame is torn, its rest (overlay
+            // included) copied aside and sent by later flushes.
+            let mut sink = Choppy {
+                out: Vec::new(),
+                limits: vec![6],
+                calls: 0,
+            };
+            let moved = vec![frame];
+            let mut writer = FrameWriter::new();
+            assert_eq!(writer.write(&mut sink, &moved).unwrap(), 1);
+            drop(moved);
+            while !writer.flush(&mut sink).unwrap() {}
+            assert_eq!(decode(&sink.out), vec![with(at)], "overlay at {at}");
+        }
+        assert_eq!((&a, &b), (&(0..12).collect(), &(12..20).collect()));
+        let mut frame = out_frame(&[&a, &b]);
+        assert!(!frame.overlay(19, [0, 0]), "past the end");
+        assert!(!frame.overlay(usize::MAX, [0, 0]));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! virtio-net wired to passt: the device model (features, configuration
 //! space, link state) here, the data path on its own thread in [`worker`].
 
+mod checksum;
 mod rx;
 mod tx;
 mod worker;
@@ -34,6 +35,7 @@ pub const DEFAULT_MTU: u16 = 65520;
 
 /// Feature bits (virtio 1.2, 5.1.3).
 mod feature {
+    pub const CSUM: u32 = 0;
     pub const GUEST_CSUM: u32 = 1;
     pub const MTU: u32 = 3;
     pub const MAC: u32 = 5;
@@ -123,6 +125,10 @@ impl VirtioDevice for Net {
             // A large frame spans many pages: without indirect chains a few
             // frames would fill the TX ring.
             VIRTIO_RING_F_INDIRECT_DESC,
+            // The guest may leave TX checksums partial: ferry completes them
+            // on its own thread (passt's framing has no header to carry a
+            // partial checksum), which takes that work off the vCPU.
+            feature::CSUM,
             // Frames from passt carry valid checksums (passt builds them, and
             // a UNIX socket does not corrupt them): the guest need not check.
             feature::GUEST_CSUM,
@@ -213,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn features_are_modern_and_header_less_safe() {
+    fn features_are_modern_with_checksums_but_no_segmentation() {
         let (a, _b) = UnixStream::pair().unwrap();
         let f = Net::new(
             0,
@@ -225,8 +231,10 @@ mod tests {
         )
         .features();
         assert_ne!(f & (1 << VIRTIO_F_VERSION_1), 0);
-        // No checksum or segmentation offload from the guest: passt's framing has no header to carry it.
-        for bit in [0u32, 7, 8, 9, 10, 11, 14] {
+        assert_ne!(f & (1 << feature::CSUM), 0);
+        assert_ne!(f & (1 << feature::GUEST_CSUM), 0);
+        // No segmentation offload: passt takes frames, not super-frames to cut.
+        for bit in [7u32, 8, 9, 10, 11, 14] {
             assert_eq!(f & (1 << bit), 0, "feature bit {bit} must not be offered");
         }
     }

@@ -758,6 +758,85 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_checksum_is_completed_without_writing_guest_memory() {
+        let mem = memory();
+        let (rxq, txq) = (
+            Mock::create(&mem, RX_RING, 16),
+            Mock::create(&mem, TX_RING, 16),
+        );
+        let h = harness(&mem, &rxq, &txq, true);
+        // NEEDS_CSUM, csum_start 4, csum_offset 2: the sum of bytes 4.. goes at 6..8.
+        let mut hdr = [0u8; NET_HDR_LEN];
+        hdr[0] = 1;
+        hdr[6..8].copy_from_slice(&4u16.to_le_bytes());
+        hdr[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let frame: Vec<u8> = (1..=20u8).collect();
+        mem.write_slice(&hdr, GuestAddress(0x10_0000)).unwrap();
+        mem.write_slice(&frame, GuestAddress(0x11_0000)).unwrap();
+        txq.add_desc_chains(
+            &[
+                desc(0x10_0000, NET_HDR_LEN as u32, NEXT, 1),
+                desc(0x11_0000, 20, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        h.tx_kick.write(1).unwrap();
+        let mut got = vec![0u8; 4 + 20];
+        (&h.peer).read_exact(&mut got).unwrap();
+        let sent = &got[4..];
+        assert_eq!(sent[..6], frame[..6]);
+        assert_eq!(sent[8..], frame[8..]);
+        // Receiver's check: bytes 4.. with the checksum in place, plus the
+        // pseudo-header sum the guest had left in the field (bytes 7, 8 here),
+        // sum to all ones.
+        let mut acc = u32::from(u16::from_be_bytes([frame[6], frame[7]]));
+        for pair in sent[4..].chunks(2) {
+            acc += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+        }
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        assert_eq!(acc, 0xffff);
+        let mut after = vec![0u8; 20];
+        mem.read_slice(&mut after, GuestAddress(0x11_0000)).unwrap();
+        assert_eq!(after, frame, "the guest's buffer is only read");
+        h.wait_used(TX_RING, 1);
+        h.finish();
+    }
+
+    #[test]
+    fn checksum_or_segmentation_requests_that_cannot_be_met_are_malformed() {
+        let mem = memory();
+        let (rxq, txq) = (
+            Mock::create(&mem, RX_RING, 16),
+            Mock::create(&mem, TX_RING, 16),
+        );
+        let h = harness(&mem, &rxq, &txq, true);
+        let mut outside = [0u8; NET_HDR_LEN];
+        outside[0] = 1;
+        outside[6..8].copy_from_slice(&60u16.to_le_bytes());
+        outside[8..10].copy_from_slice(&u16::MAX.to_le_bytes());
+        let mut gso = [0u8; NET_HDR_LEN];
+        gso[1] = 1;
+        mem.write_slice(&outside, GuestAddress(0x10_0000)).unwrap();
+        mem.write_slice(&gso, GuestAddress(0x12_0000)).unwrap();
+        txq.add_desc_chains(
+            &[
+                desc(0x10_0000, (NET_HDR_LEN + 64) as u32, 0, 0),
+                desc(0x12_0000, (NET_HDR_LEN + 64) as u32, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        h.tx_kick.write(1).unwrap();
+        h.wait_used(TX_RING, 2);
+        assert_eq!(h.stats.tx_errors.load(Ordering::Relaxed), 2);
+        assert_eq!(h.stats.tx_frames.load(Ordering::Relaxed), 0);
+        h.finish();
+    }
+
+    #[test]
     fn malformed_tx_chains_are_consumed_and_counted() {
         let mem = memory();
         let (rxq, txq) = (
