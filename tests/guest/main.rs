@@ -17,6 +17,7 @@
 mod common;
 mod disk;
 mod net;
+mod relay;
 mod tests;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ pub struct Boot {
     timeout: Duration,
     expect_reset: bool,
     as_nobody: bool,
+    env: Vec<(String, String)>,
 }
 
 impl Boot {
@@ -61,6 +63,7 @@ impl Boot {
             timeout: Duration::from_secs(150),
             expect_reset: false,
             as_nobody: false,
+            env: Vec::new(),
         }
     }
 
@@ -84,6 +87,12 @@ impl Boot {
     /// Adds ferry arguments.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Sets an environment variable for ferry (and so for its passt).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -126,7 +135,8 @@ impl Boot {
                 "{BASE_CMDLINE}{} -- \"{}\"",
                 self.kernel_args, self.guest_cmd
             ))
-            .args(&self.args);
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
     }
 
@@ -324,6 +334,11 @@ fn run_here(filter: &[String]) -> i32 {
 }
 
 fn main() {
+    // Started by ferry as the checksum test's passt.
+    if let Some(record) = std::env::var_os(relay::RECORD_ENV) {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(relay::run(&record, &args));
+    }
     // cargo test passes its own flags; the rest are name filters.
     let filter: Vec<String> = std::env::args()
         .skip(1)

@@ -206,3 +206,77 @@ pub fn wait_no_passt(timeout: Duration) -> Vec<i32> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A TCP or UDP frame, and whether its checksum holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct L4Frame {
+    /// 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// The checksum verifies (a UDP-over-IPv4 checksum of 0, "none", counts as valid).
+    pub valid: bool,
+}
+
+/// Every IPv4/IPv6 TCP and UDP frame in a recording of passt's stream
+/// (each frame after its 4-byte big-endian length), checksum checked.
+pub fn recorded_l4_frames(path: &std::path::Path) -> Result<Vec<L4Frame>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut frames = Vec::new();
+    let mut rest = &data[..];
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(frame) = rest.get(4..4 + len) else {
+            break;
+        };
+        frames.extend(l4_frame(frame));
+        rest = &rest[4 + len..];
+    }
+    Ok(frames)
+}
+
+/// RFC 1071 sum of `bytes` (big-endian words), not folded or complemented.
+fn sum16(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks(2)
+        .map(|p| u64::from(p[0]) << 8 | u64::from(*p.get(1).unwrap_or(&0)))
+        .sum()
+}
+
+fn l4_frame(eth: &[u8]) -> Option<L4Frame> {
+    let ethertype = u16::from_be_bytes([*eth.get(12)?, *eth.get(13)?]);
+    let ip = eth.get(14..)?;
+    let (protocol, segment, pseudo) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0xf) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            let segment = ip.get(ihl..total)?;
+            (ip[9], segment, sum16(&ip[12..20]))
+        }
+        0x86dd => {
+            let len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            (*ip.get(6)?, ip.get(40..40 + len)?, sum16(&ip[8..40]))
+        }
+        _ => return None,
+    };
+    if protocol != 6 && protocol != 17 {
+        return None;
+    }
+    let ports = |i: usize| u16::from_be_bytes([segment[i], segment[i + 1]]);
+    if segment.len() < 8 {
+        return None;
+    }
+    let none = ethertype == 0x0800 && protocol == 17 && ports(6) == 0;
+    let mut acc = pseudo + u64::from(protocol) + segment.len() as u64 + sum16(segment);
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    Some(L4Frame {
+        protocol,
+        src_port: ports(0),
+        dst_port: ports(2),
+        valid: none || acc == 0xffff,
+    })
+}

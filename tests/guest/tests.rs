@@ -33,6 +33,7 @@ pub const ALL: &[Test] = tests![
     tcp_guest_to_host,
     tcp_host_to_guest,
     udp_both_ways,
+    guest_checksums_are_completed,
     rootless_network,
     passt_killed_mid_transfer,
     sigkill_leaves_no_passt,
@@ -338,6 +339,71 @@ fn udp_both_ways() -> Result<(), String> {
     check(
         out.status == Some(0),
         "the guest's UDP checks should pass",
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+/// The guest leaves TCP and UDP checksums to the card (VIRTIO_NET_F_CSUM):
+/// every frame ferry hands passt (recorded by a relay in front of the
+/// real passt) carries a valid one.
+fn guest_checksums_are_completed() -> Result<(), String> {
+    const COUNT: u32 = 5;
+    let (tcp_port, sink) = net::tcp_sink(Duration::from_secs(150), Some(1 << 20), |_| {});
+    let (udp_port, echo) = net::udp_echo(COUNT as usize, Duration::from_secs(150));
+    let record = std::env::temp_dir().join(format!("ferry-relay-{}.frames", std::process::id()));
+    let relay = std::env::current_exe().map_err(|e| e.to_string())?;
+    let cmd = format!(
+        "for d in /sys/bus/virtio/devices/*; do echo features $(cat $d/device) $(cat $d/features); done; \
+         head -c 1048576 /dev/urandom | nc {gw} {tcp_port}; ft udp-ping {gw} {udp_port} {COUNT}",
+        gw = net::GATEWAY
+    );
+    let out = Boot::new(&cmd)
+        .args(&["--passt", &relay.to_string_lossy()])
+        .env(crate::relay::RECORD_ENV, &record.to_string_lossy())
+        .run();
+    let frames = net::recorded_l4_frames(&record);
+    let _ = std::fs::remove_file(&record);
+    let out = out?;
+    let got = sink.join().map_err(|_| "the sink panicked")?;
+    let echoed = echo.join().map_err(|_| "the echo server panicked")?;
+    check(
+        matches!(&got, Ok(r) if r.bytes == 1 << 20) && echoed.is_ok(),
+        &format!("1 MiB over TCP and {COUNT} UDP echoes: {got:?}, {echoed:?}"),
+        &out,
+    )?;
+    let negotiated = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("features 0x0001 "))
+        .any(|bits| bits.starts_with('1'));
+    check(
+        negotiated,
+        "the guest should have taken the checksum offload (feature bit 0)",
+        &out,
+    )?;
+    let frames = frames?;
+    let to = |protocol: u8, port: u16| {
+        frames
+            .iter()
+            .filter(|f| f.protocol == protocol && f.dst_port == port)
+            .count()
+    };
+    let (tcp, udp) = (to(6, tcp_port), to(17, udp_port));
+    check(
+        tcp >= 16 && udp >= COUNT as usize,
+        &format!("the recording should hold the guest's frames: {tcp} TCP, {udp} UDP"),
+        &out,
+    )?;
+    let bad: Vec<_> = frames.iter().filter(|f| !f.valid).collect();
+    check(
+        bad.is_empty(),
+        &format!(
+            "{} of {} frames with a wrong checksum, e.g. {:?}",
+            bad.len(),
+            frames.len(),
+            bad.first()
+        ),
         &out,
     )?;
     no_passt_left(&out)
