@@ -115,13 +115,17 @@ where
     if header.flags & NEEDS_CSUM != 0 {
         let start = usize::from(header.csum_start);
         let field = start + usize::from(header.csum_offset);
-        let value = checksum::complete(&slices, start);
-        if !frame.overlay(field, value) {
-            return Err(TxError::ChecksumOutside {
-                start: header.csum_start,
-                offset: header.csum_offset,
-                len,
-            });
+        let outside = TxError::ChecksumOutside {
+            start: header.csum_start,
+            offset: header.csum_offset,
+            len,
+        };
+        // Checked before summing, so that a bad header costs no work.
+        if field + 2 > len {
+            return Err(outside);
+        }
+        if !frame.overlay(field, checksum::complete(&slices, start)) {
+            return Err(outside);
         }
     }
     Ok(frame)
