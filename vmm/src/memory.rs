@@ -14,6 +14,11 @@ use vm_memory::{
 /// it with one 2 MiB entry.
 const HUGE_PAGE: usize = 2 << 20;
 
+/// Protection and flags of every guest RAM mapping: private anonymous
+/// memory, reserved only as the guest touches it.
+const PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
+const FLAGS: i32 = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+
 /// Errors while setting up guest RAM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,8 +72,8 @@ pub fn map(mem_size: u64) -> Result<GuestMemory, Error> {
         // SAFETY: `host` is the start of a live anonymous mapping of
         // `size` bytes made above and never unmapped.
         let mapping = unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(host) }
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_mmap_prot(PROT)
+            .with_mmap_flags(FLAGS)
             .build()
             .map_err(Error::Region)?;
         let region =
@@ -84,16 +89,7 @@ fn map_aligned(size: usize) -> std::io::Result<*mut u8> {
     let padded = size + HUGE_PAGE;
     // SAFETY: a fresh anonymous mapping at an address the kernel picks;
     // nothing else refers to it.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            padded,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
+    let raw = unsafe { libc::mmap(std::ptr::null_mut(), padded, PROT, FLAGS, -1, 0) };
     if raw == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
