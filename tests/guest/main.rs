@@ -40,6 +40,11 @@ pub const GUEST_RESET: i32 = 80;
 pub const BASE_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 
+/// Run before each guest command: from then on only emergencies (a panic)
+/// reach the console, so that a kernel message cannot land in the middle of
+/// a line the test reads (the serial line carries both, byte by byte).
+const QUIET_CONSOLE: &str = "dmesg -n 1; ";
+
 /// One guest boot: ferry's arguments, the command the guest's init runs.
 #[derive(Debug)]
 pub struct Boot {
@@ -132,7 +137,7 @@ impl Boot {
             .arg("--cmdline")
             // One quoted argument: the kernel hands init at most 32 words.
             .arg(format!(
-                "{BASE_CMDLINE}{} -- \"{}\"",
+                "{BASE_CMDLINE}{} -- \"{QUIET_CONSOLE}{}\"",
                 self.kernel_args, self.guest_cmd
             ))
             .args(&self.args)

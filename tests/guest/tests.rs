@@ -250,7 +250,8 @@ fn tcp_guest_to_host() -> Result<(), String> {
         "the guest's send should succeed",
         &out,
     )?;
-    let sent = guest_sha(&out.stdout).ok_or("the guest printed no checksum")?;
+    let sent = guest_sha(&out.stdout)
+        .ok_or_else(|| format!("the guest printed no checksum\n{}", out.describe()))?;
     check(
         got.bytes == TRANSFER as u64 && got.sha256 == sent,
         &format!(
@@ -429,7 +430,8 @@ fn rootless_network() -> Result<(), String> {
         "DHCP should work rootless",
         &out,
     )?;
-    let sent = guest_sha(&out.stdout).ok_or("the guest printed no checksum")?;
+    let sent = guest_sha(&out.stdout)
+        .ok_or_else(|| format!("the guest printed no checksum\n{}", out.describe()))?;
     check(
         got.bytes == 1 << 20 && got.sha256 == sent,
         "the transfer should be intact",
