@@ -33,17 +33,20 @@ pub struct RxBuffer {
 }
 
 impl RxBuffer {
-    /// The buffer a chain describes, checked against guest memory.
+    /// The buffer a chain describes, checked against guest memory. Its
+    /// segments go into `segments` (emptied first), so that the caller can
+    /// recycle the storage of used buffers (see [`RxBuffer::into_segments`]).
     pub fn from_chain<M>(
         mem: &GuestMemory,
         chain: DescriptorChain<M>,
+        mut segments: Vec<(GuestAddress, usize)>,
     ) -> Result<Self, (u16, RxError)>
     where
         M: std::ops::Deref,
         M::Target: vm_memory::GuestMemory,
     {
         let head = chain.head_index();
-        let mut segments = Vec::new();
+        segments.clear();
         let mut capacity = 0usize;
         for desc in chain {
             if !desc.is_write_only() {
@@ -63,6 +66,11 @@ impl RxBuffer {
             segments,
             capacity,
         })
+    }
+
+    /// Gives back the storage of its segments, for the next buffer.
+    pub fn into_segments(self) -> Vec<(GuestAddress, usize)> {
+        self.segments
     }
 
     /// Writes `bytes` from offset `at` of the buffer on; returns how many fit.
@@ -105,17 +113,18 @@ fn rx_header(num_buffers: u16, data_valid: bool) -> [u8; NET_HDR_LEN] {
 }
 
 /// Copies `frame` behind a header into `buffers` (in order; their total
-/// capacity must hold header and frame). Returns each buffer's used length.
-pub fn write_frame(
+/// capacity must hold header and frame). Appends each buffer's head and
+/// used length to `used`.
+pub fn write_frame<'a>(
     mem: &GuestMemory,
-    buffers: &[RxBuffer],
+    buffers: impl ExactSizeIterator<Item = &'a RxBuffer>,
     frame: &[u8],
     data_valid: bool,
-) -> Vec<(u16, u32)> {
+    used: &mut Vec<(u16, u32)>,
+) {
     let header = rx_header(buffers.len() as u16, data_valid);
-    let mut used = Vec::with_capacity(buffers.len());
     let mut rest = frame;
-    for (i, buf) in buffers.iter().enumerate() {
+    for (i, buf) in buffers.enumerate() {
         let mut n = 0;
         if i == 0 {
             n += buf.write_at(mem, 0, &header);
@@ -124,7 +133,6 @@ pub fn write_frame(
         rest = &rest[m..];
         used.push((buf.head, (n + m) as u32));
     }
-    used
 }
 
 #[cfg(test)]
@@ -150,8 +158,9 @@ mod tests {
             buffer(3, &[(0x1000, 20), (0x2000, 30)]),
             buffer(7, &[(0x3000, 200)]),
         ];
-        let used = write_frame(&mem, &bufs, &frame, false);
-        assert_eq!(used, vec![(3, 50), (7, 62)]);
+        let mut used = vec![(1, 1)];
+        write_frame(&mem, bufs.iter(), &frame, false, &mut used);
+        assert_eq!(used, vec![(1, 1), (3, 50), (7, 62)]);
         let mut hdr = [0u8; NET_HDR_LEN];
         mem.read_slice(&mut hdr, GuestAddress(0x1000)).unwrap();
         assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 2);

@@ -17,6 +17,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use ferry_net_passt::writer::FdSink;
 use ferry_net_passt::{Decoder, FrameWriter, OutFrame};
 use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::rx::{self, RxBuffer};
@@ -114,6 +115,12 @@ struct RxSide {
     id: usize,
     queue: Queue,
     stash: VecDeque<RxBuffer>,
+    /// Bytes the stashed buffers hold.
+    stash_capacity: usize,
+    /// Segment lists of used buffers, kept for the next ones: no allocation per buffer.
+    spare_segments: Vec<Vec<(GuestAddress, usize)>>,
+    /// The used entries of the frame being delivered (kept for its storage).
+    used: Vec<(u16, u32)>,
     mrg_rxbuf: bool,
     /// Tell the guest that checksums need no checking (GUEST_CSUM negotiated).
     data_valid: bool,
@@ -127,7 +134,7 @@ impl RxSide {
         let mut rechecked = false;
         loop {
             let have = if self.mrg_rxbuf {
-                self.stash.iter().map(|b| b.capacity).sum()
+                self.stash_capacity
             } else {
                 self.stash.front().map_or(0, |b| b.capacity)
             };
@@ -136,18 +143,22 @@ impl RxSide {
             }
             match self.queue.pop_descriptor_chain(mem) {
                 // Progress: "more available" next time is news again, not a broken index.
-                Some(chain) => match RxBuffer::from_chain(mem, chain) {
-                    Ok(buf) => {
-                        rechecked = false;
-                        self.stash.push_back(buf);
+                Some(chain) => {
+                    let segments = self.spare_segments.pop().unwrap_or_default();
+                    match RxBuffer::from_chain(mem, chain, segments) {
+                        Ok(buf) => {
+                            rechecked = false;
+                            self.stash_capacity += buf.capacity;
+                            self.stash.push_back(buf);
+                        }
+                        Err((head, e)) => {
+                            rechecked = false;
+                            log::debug!("net{}: RX chain {head}: {e}", self.id);
+                            bump(&self.stats.rx_errors, 1);
+                            self.add_used(mem, &[(head, 0)]);
+                        }
                     }
-                    Err((head, e)) => {
-                        rechecked = false;
-                        log::debug!("net{}: RX chain {head}: {e}", self.id);
-                        bump(&self.stats.rx_errors, 1);
-                        self.add_used(mem, &[(head, 0)]);
-                    }
-                },
+                }
                 None => match self.queue.enable_notification(mem) {
                     // More available yet nothing to pop: once more, then give up (a broken index).
                     Ok(true) if !rechecked => rechecked = true,
@@ -181,17 +192,33 @@ impl RxSide {
         } else {
             1
         };
-        let buffers: Vec<RxBuffer> = self.stash.drain(..count).collect();
-        if buffers[0].capacity < need && !self.mrg_rxbuf {
+        let mut used = std::mem::take(&mut self.used);
+        used.clear();
+        let delivery = if self.stash[0].capacity < need && !self.mrg_rxbuf {
             bump(&self.stats.rx_dropped, 1);
-            self.add_used(mem, &[(buffers[0].head, 0)]);
-            return Delivery::Dropped;
-        }
-        let used = rx::write_frame(mem, &buffers, frame, self.data_valid);
+            used.push((self.stash[0].head, 0));
+            Delivery::Dropped
+        } else {
+            rx::write_frame(
+                mem,
+                self.stash.range(..count),
+                frame,
+                self.data_valid,
+                &mut used,
+            );
+            bump(&self.stats.rx_frames, 1);
+            bump(&self.stats.rx_bytes, frame.len() as u64);
+            Delivery::Delivered
+        };
         self.add_used(mem, &used);
-        bump(&self.stats.rx_frames, 1);
-        bump(&self.stats.rx_bytes, frame.len() as u64);
-        Delivery::Delivered
+        self.used = used;
+        for buf in self.stash.drain(..count) {
+            self.stash_capacity -= buf.capacity;
+            if self.spare_segments.len() < SPARE_SEGMENT_LISTS {
+                self.spare_segments.push(buf.into_segments());
+            }
+        }
+        delivery
     }
 
     fn add_used(&mut self, mem: &GuestMemory, used: &[(u16, u32)]) {
@@ -211,6 +238,8 @@ const STOP: u32 = 3;
 
 /// Most TX chains gathered for one round of writes.
 const TX_BATCH: usize = 64;
+/// Most segment lists kept for reuse: one per entry of the largest RX ring.
+const SPARE_SEGMENT_LISTS: usize = 256;
 /// Read buffer for passt's stream: several largest frames, so that one
 /// `read` brings many frames.
 const RX_BUFFER: usize = 512 * 1024;
@@ -247,6 +276,9 @@ impl NetWorker {
                 id: parts.id,
                 queue: parts.rx_queue,
                 stash: VecDeque::new(),
+                stash_capacity: 0,
+                spare_segments: Vec::new(),
+                used: Vec::new(),
                 mrg_rxbuf: parts.mrg_rxbuf,
                 data_valid: parts.data_valid,
                 stats: parts.stats.clone(),
@@ -931,6 +963,60 @@ mod tests {
             .unwrap();
         assert_eq!(got, frame);
         assert_eq!(h.stats.rx_frames.load(Ordering::Relaxed), 1);
+        h.finish();
+    }
+
+    #[test]
+    fn buffers_left_over_by_one_frame_serve_the_next() {
+        let mem = memory();
+        let (rxq, txq) = (
+            Mock::create(&mem, RX_RING, 16),
+            Mock::create(&mem, TX_RING, 16),
+        );
+        let h = harness(&mem, &rxq, &txq, true);
+        // Three buffers of 64 bytes; two frames needing two buffers each.
+        rxq.add_desc_chains(
+            &[
+                desc(0x20_0000, 64, WRITE, 0),
+                desc(0x21_0000, 64, WRITE, 0),
+                desc(0x22_0000, 64, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        h.rx_kick.write(1).unwrap();
+        let frames: Vec<Vec<u8>> = (0..2u8).map(|f| vec![f + 1; 100]).collect();
+        let mut wire = Vec::new();
+        for frame in &frames {
+            wire.extend_from_slice(&100u32.to_be_bytes());
+            wire.extend_from_slice(frame);
+        }
+        (&h.peer).write_all(&wire).unwrap();
+        h.wait_used(RX_RING, 2);
+        // The second frame waits with one buffer in hand, and takes the next.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(h.used_idx(RX_RING), 2);
+        rxq.add_desc_chains(&[desc(0x23_0000, 64, WRITE, 0)], 3)
+            .unwrap();
+        h.rx_kick.write(1).unwrap();
+        h.wait_used(RX_RING, 4);
+        assert_eq!((h.used_len(RX_RING, 2), h.used_len(RX_RING, 3)), (64, 48));
+        let mut got = vec![0u8; 100];
+        mem.read_slice(&mut got[..52], GuestAddress(0x22_0000 + NET_HDR_LEN as u64))
+            .unwrap();
+        mem.read_slice(&mut got[52..], GuestAddress(0x23_0000))
+            .unwrap();
+        assert_eq!(got, frames[1]);
+        // A small frame then fits one buffer.
+        rxq.add_desc_chains(&[desc(0x24_0000, 64, WRITE, 0)], 4)
+            .unwrap();
+        h.rx_kick.write(1).unwrap();
+        let mut wire = 40u32.to_be_bytes().to_vec();
+        wire.extend_from_slice(&[9; 40]);
+        (&h.peer).write_all(&wire).unwrap();
+        h.wait_used(RX_RING, 5);
+        assert_eq!(h.used_len(RX_RING, 4), (NET_HDR_LEN + 40) as u32);
+        assert_eq!(h.stats.rx_frames.load(Ordering::Relaxed), 3);
         h.finish();
     }
 
