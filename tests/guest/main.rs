@@ -16,22 +16,19 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod disk;
+mod kvm_host;
 mod net;
 mod relay;
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{guest_file, repo_root, Outcome, FERRY};
+use common::{guest_file, Outcome, FERRY};
 
 /// Set (to anything) in the environment of the run inside kvm-host.
 const INSIDE_ENV: &str = "FERRY_GUEST_TESTS_INSIDE";
-/// Overrides the kvm-host script's location.
-const KVM_HOST_ENV: &str = "FERRY_KVM_HOST";
-/// The kvm-host run's time limit: 2-3 times a whole run of the tests (7-8 min on a quiet machine).
-const KVM_HOST_LIMIT_SECS: u64 = 1200;
 
 /// Exit statuses ferry documents.
 pub const GUEST_RESET: i32 = 80;
@@ -197,61 +194,6 @@ fn kvm_unusable_here() -> Option<String> {
     }
 }
 
-fn kvm_host_script() -> PathBuf {
-    std::env::var_os(KVM_HOST_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let shared = repo_root().join("../shared");
-            shared
-                .canonicalize()
-                .unwrap_or(shared)
-                .join("kvm-host/run-in-kvm-host")
-        })
-}
-
-/// Runs this binary inside kvm-host; retries once if kvm-host itself timed out or failed.
-fn run_inside_kvm_host(why: &str, filter: &[String]) -> i32 {
-    let script = kvm_host_script();
-    if !script.exists() {
-        eprintln!(
-            "guest tests: {why}, and {} is missing: no KVM that can boot the test guest",
-            script.display()
-        );
-        return 1;
-    }
-    eprintln!(
-        "guest tests: {why}; running them inside {}",
-        script.display()
-    );
-    let me = std::env::current_exe().expect("the test binary's path");
-    for attempt in 1..=2 {
-        let started = Instant::now();
-        let status = Command::new(&script)
-            .current_dir(repo_root())
-            .args(["-t", &KVM_HOST_LIMIT_SECS.to_string(), "--"])
-            .arg(&me)
-            .args(filter)
-            .env(INSIDE_ENV, "1")
-            .status();
-        let code = match status {
-            Ok(s) => s.code().unwrap_or(1),
-            Err(e) => {
-                eprintln!("guest tests: cannot run {}: {e}", script.display());
-                return 1;
-            }
-        };
-        if (code == 124 || code == 125) && attempt == 1 {
-            eprintln!(
-                "guest tests: RETRY: kvm-host ended with {code} after {:.0} s; retrying once",
-                started.elapsed().as_secs_f64()
-            );
-            continue;
-        }
-        return code;
-    }
-    1
-}
-
 /// Checks what the network tests need, and sets up what only the throwaway
 /// kvm-host VM may have changed. Returns why the tests cannot run, if they cannot.
 fn prepare_host() -> Result<(), String> {
@@ -277,17 +219,14 @@ fn prepare_host() -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the tests whose names contain one of `filter` (all if empty); returns the exit status.
+/// Runs the tests `filter` selects (see [`tests::selected`]); returns the exit status.
 fn run_here(filter: &[String]) -> i32 {
     if let Err(why) = prepare_host() {
         println!("guest tests cannot run: {why}");
         println!("guest: 0 passed, 1 failed");
         return 1;
     }
-    let selected: Vec<&Test> = tests::ALL
-        .iter()
-        .filter(|t| filter.is_empty() || filter.iter().any(|f| t.name.contains(f.as_str())))
-        .collect();
+    let selected = tests::selected(filter);
     println!("running {} guest tests", selected.len());
     let (mut passed, mut failed) = (0, Vec::new());
     for test in selected {
@@ -354,7 +293,7 @@ fn main() {
     } else {
         match kvm_unusable_here() {
             None => run_here(&filter),
-            Some(why) => run_inside_kvm_host(&why, &filter),
+            Some(why) => kvm_host::run_tests(&why, &filter, INSIDE_ENV),
         }
     };
     std::process::exit(code);

@@ -46,6 +46,22 @@ pub const ALL: &[Test] = tests![
     halted_guest_ends_the_vm,
 ];
 
+/// The tests `filter` selects, in order: all if it is empty; else, for each
+/// word, the test of that exact name if there is one, or every test whose
+/// name contains it.
+pub fn selected(filter: &[String]) -> Vec<&'static Test> {
+    let selects = |word: &str, name: &str| {
+        if ALL.iter().any(|t| t.name == word) {
+            name == word
+        } else {
+            name.contains(word)
+        }
+    };
+    ALL.iter()
+        .filter(|t| filter.is_empty() || filter.iter().any(|f| selects(f, t.name)))
+        .collect()
+}
+
 fn boots_to_userspace() -> Result<(), String> {
     let out = Boot::new("true").run()?;
     check(

@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Running the guest tests inside kvm-host (`../shared/kvm-host/run-in-kvm-host`)
+//! where this machine's /dev/kvm cannot boot a stock guest.
+//!
+//! kvm-host is itself an emulated VM and now and then hangs whole, where
+//! no test's own watchdog can act. So its output is watched from here:
+//! silence longer than any healthy stretch of a run ends it, as does its
+//! own time limit, and the tests it had not finished run once more in a
+//! fresh kvm-host, logged as a retry. A second hang is a failure.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::common::repo_root;
+use crate::tests;
+
+/// Overrides the kvm-host script's location.
+const KVM_HOST_ENV: &str = "FERRY_KVM_HOST";
+/// The kvm-host run's time limit: 2-3 times a whole run of the tests (7-8 min on a quiet machine).
+const KVM_HOST_LIMIT_SECS: u64 = 1200;
+/// The longest silence of a healthy run: a stalled boot's watchdog (150 s)
+/// with room to spare. Silence beyond it means kvm-host itself hung.
+const KVM_HOST_SILENCE_SECS: u64 = 240;
+/// How long kvm-host gets to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+fn script() -> PathBuf {
+    std::env::var_os(KVM_HOST_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let shared = repo_root().join("../shared");
+            shared
+                .canonicalize()
+                .unwrap_or(shared)
+                .join("kvm-host/run-in-kvm-host")
+        })
+}
+
+/// Runs this binary's tests selected by `filter` inside kvm-host, with the
+/// environment variable `inside_env` set there; returns the exit status.
+pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
+    let script = script();
+    if !script.exists() {
+        eprintln!(
+            "guest tests: {why}, and {} is missing: no KVM that can boot the test guest",
+            script.display()
+        );
+        return 1;
+    }
+    eprintln!(
+        "guest tests: {why}; running them inside {}",
+        script.display()
+    );
+    let me = std::env::current_exe().expect("the test binary's path");
+    let mut pending: Vec<&str> = tests::selected(filter).iter().map(|t| t.name).collect();
+    let mut failed: Vec<String> = Vec::new();
+    let mut args = filter.to_vec();
+    for attempt in 1..=2 {
+        let started = Instant::now();
+        let run = match run_once(&script, &me, &args, inside_env) {
+            Ok(run) => run,
+            Err(e) => {
+                eprintln!("guest tests: cannot run {}: {e}", script.display());
+                return 1;
+            }
+        };
+        // Only the tests asked for count (and each once).
+        for (name, passed) in run.finished {
+            if !pending.contains(&name.as_str()) {
+                continue;
+            }
+            pending.retain(|p| *p != name);
+            if !passed {
+                failed.push(name);
+            }
+        }
+        if attempt == 2 {
+            eprintln!(
+                "guest tests, both kvm-host runs together: failed: {}",
+                if failed.is_empty() {
+                    "none".to_string()
+                } else {
+                    failed.join(" ")
+                }
+            );
+        }
+        let any_failed = !failed.is_empty();
+        let hung = if run.silent {
+            Some(format!(
+                "printed nothing for {KVM_HOST_SILENCE_SECS} s (hung)"
+            ))
+        } else if run.code == 124 || run.code == 125 {
+            Some(format!("ended with {}", run.code))
+        } else {
+            None
+        };
+        match hung {
+            None => return if any_failed { 1 } else { run.code },
+            Some(what) if pending.is_empty() => {
+                eprintln!("guest tests: kvm-host {what} after every test had finished");
+                return i32::from(any_failed);
+            }
+            Some(what) if attempt == 1 => {
+                eprintln!(
+                    "guest tests: RETRY: kvm-host {what} after {:.0} s; running the {} tests \
+                     it had not finished once more: {}",
+                    started.elapsed().as_secs_f64(),
+                    pending.len(),
+                    pending.join(" ")
+                );
+                args = pending.iter().map(|n| n.to_string()).collect();
+            }
+            Some(what) => {
+                eprintln!(
+                    "guest tests: kvm-host {what} again; not finished: {}",
+                    pending.join(" ")
+                );
+                return 1;
+            }
+        }
+    }
+    1
+}
+
+/// What one kvm-host run did.
+struct Run {
+    /// Its exit status (1 if it had none).
+    code: i32,
+    /// It went silent too long and was stopped.
+    silent: bool,
+    /// The tests it finished, and whether each passed.
+    finished: Vec<(String, bool)>,
+}
+
+/// One kvm-host run, its output passed through and watched.
+fn run_once(script: &Path, me: &Path, args: &[String], inside_env: &str) -> std::io::Result<Run> {
+    let mut child = Command::new(script)
+        .current_dir(repo_root())
+        .args(["-t", &KVM_HOST_LIMIT_SECS.to_string(), "--"])
+        .arg(me)
+        .args(args)
+        .env(inside_env, "1")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (lines_tx, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            println!("{line}");
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut finished = Vec::new();
+    let mut silent = false;
+    loop {
+        match lines.recv_timeout(Duration::from_secs(KVM_HOST_SILENCE_SECS)) {
+            Ok(line) => finished.extend(finished_test(&line)),
+            Err(RecvTimeoutError::Timeout) => {
+                silent = true;
+                stop(&mut child);
+                break;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait()?;
+    let _ = reader.join();
+    Ok(Run {
+        code: status.code().unwrap_or(1),
+        silent,
+        finished,
+    })
+}
+
+/// The test a result line ("test NAME ... ok (12.3 s)") reports, and whether it passed.
+fn finished_test(line: &str) -> Option<(String, bool)> {
+    let (name, outcome) = line.strip_prefix("test ")?.split_once(" ... ")?;
+    tests::ALL.iter().find(|t| t.name == name)?;
+    Some((name.to_string(), outcome.starts_with("ok")))
+}
+
+/// Stops kvm-host and everything under it (its QEMU runs under `timeout`,
+/// in a process group of its own): SIGTERM, then SIGKILL after a grace.
+fn stop(child: &mut Child) {
+    let root = child.id() as i32;
+    let family = descendants(root);
+    for &pid in family.iter().chain(std::iter::once(&root)) {
+        // SAFETY: kill with pids just read from /proc; the worst case is a no-op.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        if family
+            .iter()
+            .all(|&pid| !Path::new(&format!("/proc/{pid}")).exists())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for &pid in family.iter().chain(std::iter::once(&root)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Every process below `root`, read from /proc.
+fn descendants(root: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The parent's pid is the second field after the command's closing parenthesis.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
