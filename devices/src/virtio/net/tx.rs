@@ -115,17 +115,13 @@ where
     if header.flags & NEEDS_CSUM != 0 {
         let start = usize::from(header.csum_start);
         let field = start + usize::from(header.csum_offset);
-        let outside = TxError::ChecksumOutside {
-            start: header.csum_start,
-            offset: header.csum_offset,
-            len,
-        };
-        // Checked before summing, so that a bad header costs no work.
-        if field + 2 > len {
-            return Err(outside);
-        }
-        if !frame.overlay(field, checksum::complete(&slices, start)) {
-            return Err(outside);
+        // The bounds first, so that a bad header costs no summing.
+        if field + 2 > len || !frame.overlay(field, checksum::complete(&slices, start)) {
+            return Err(TxError::ChecksumOutside {
+                start: header.csum_start,
+                offset: header.csum_offset,
+                len,
+            });
         }
     }
     Ok(frame)

@@ -666,6 +666,14 @@ mod tests {
 
     type Mock<'a> = MockSplitQueue<'a, GuestMemory>;
 
+    /// The RX and TX rings, 16 entries each.
+    fn rings(mem: &GuestMemory) -> (Mock<'_>, Mock<'_>) {
+        (
+            Mock::create(mem, RX_RING, 16),
+            Mock::create(mem, TX_RING, 16),
+        )
+    }
+
     fn harness(mem: &GuestMemory, rxq: &Mock, txq: &Mock, mrg_rxbuf: bool) -> Harness {
         let (ours, peer) = UnixStream::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -752,10 +760,7 @@ mod tests {
     #[test]
     fn tx_frame_goes_out_prefixed_without_its_header() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
         let frame: Vec<u8> = (0..60u8).collect();
         mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(0x10_0000))
@@ -792,10 +797,7 @@ mod tests {
     #[test]
     fn a_partial_checksum_is_completed_without_writing_guest_memory() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
         // NEEDS_CSUM, csum_start 4, csum_offset 2: the sum of bytes 4.. goes at 6..8.
         let mut hdr = [0u8; NET_HDR_LEN];
@@ -840,10 +842,7 @@ mod tests {
     #[test]
     fn checksum_or_segmentation_requests_that_cannot_be_met_are_malformed() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
         let mut outside = [0u8; NET_HDR_LEN];
         outside[0] = 1;
@@ -871,10 +870,7 @@ mod tests {
     #[test]
     fn malformed_tx_chains_are_consumed_and_counted() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
         txq.add_desc_chains(
             &[
@@ -902,10 +898,7 @@ mod tests {
     #[test]
     fn a_bad_chain_between_good_frames_is_used_once() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
         mem.write_slice(&[0u8; 80], GuestAddress(0x10_0000))
             .unwrap();
@@ -932,10 +925,7 @@ mod tests {
     #[test]
     fn rx_frames_wait_for_guest_buffers_then_arrive_whole() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
         let frame: Vec<u8> = (0..100u8).collect();
         let mut wire = 100u32.to_be_bytes().to_vec();
@@ -969,10 +959,7 @@ mod tests {
     #[test]
     fn buffers_left_over_by_one_frame_serve_the_next() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
         // Three buffers of 64 bytes; two frames needing two buffers each.
         rxq.add_desc_chains(
@@ -1023,10 +1010,7 @@ mod tests {
     #[test]
     fn a_garbled_stream_takes_the_link_down_and_the_vm_runs_on() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
         // A length no frame has.
         (&h.peer).write_all(&[0, 0, 0, 1, 0xde, 0xad]).unwrap();
@@ -1052,10 +1036,7 @@ mod tests {
     #[test]
     fn without_mergeable_buffers_a_frame_too_big_for_its_buffer_is_dropped() {
         let mem = memory();
-        let (rxq, txq) = (
-            Mock::create(&mem, RX_RING, 16),
-            Mock::create(&mem, TX_RING, 16),
-        );
+        let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, false);
         let mut wire = 200u32.to_be_bytes().to_vec();
         wire.extend(std::iter::repeat_n(7u8, 200));
