@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::{status, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::core::VirtioCore;
+use super::{Interrupt, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::GuestMemory;
 
@@ -47,28 +48,9 @@ const MAGIC_VALUE: u32 = 0x7472_6976;
 const VENDOR_ID: u32 = 0x5952_5246;
 
 /// A virtio device on the MMIO bus.
+#[derive(Debug)]
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemory,
-    interrupt: Arc<Interrupt>,
-    queues: Vec<Queue>,
-    kicks: Vec<EventFd>,
-    queue_select: u32,
-    device_features_select: u32,
-    driver_features_select: u32,
-    driver_features: u64,
-    status: u32,
-    active: bool,
-}
-
-impl std::fmt::Debug for MmioTransport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MmioTransport")
-            .field("device_type", &self.device.device_type())
-            .field("status", &self.status)
-            .field("active", &self.active)
-            .finish()
-    }
+    core: VirtioCore,
 }
 
 impl MmioTransport {
@@ -78,157 +60,34 @@ impl MmioTransport {
         mem: GuestMemory,
         interrupt: Arc<Interrupt>,
     ) -> std::io::Result<Self> {
-        let mut queues = Vec::new();
-        let mut kicks = Vec::new();
-        for &max in device.queue_max_sizes() {
-            queues.push(Queue::new(max).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
-            })?);
-            kicks.push(EventFd::new(EFD_NONBLOCK)?);
-        }
         Ok(Self {
-            device,
-            mem,
-            interrupt,
-            queues,
-            kicks,
-            queue_select: 0,
-            device_features_select: 0,
-            driver_features_select: 0,
-            driver_features: 0,
-            status: 0,
-            active: false,
+            core: VirtioCore::new(device, mem, interrupt)?,
         })
     }
 
     /// One eventfd per queue: the VMM registers each as an ioeventfd on
     /// [`QUEUE_NOTIFY_OFFSET`] with the queue's index as datamatch.
     pub fn queue_kicks(&self) -> &[EventFd] {
-        &self.kicks
+        self.core.queue_kicks()
     }
 
     /// The device's interrupt.
     pub fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_select as usize)
-    }
-
-    fn reset(&mut self) {
-        if self.active {
-            self.device.reset();
-            self.active = false;
-        }
-        for q in &mut self.queues {
-            q.reset();
-        }
-        self.interrupt.clear();
-        self.queue_select = 0;
-        self.device_features_select = 0;
-        self.driver_features_select = 0;
-        self.driver_features = 0;
-        self.status = 0;
-    }
-
-    /// Status register write: the state machine of virtio 1.2, 3.1.1.
-    fn write_status(&mut self, value: u32) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        // Bits may only be added, never removed (except by a reset).
-        if value & self.status != self.status {
-            log::warn!(
-                "virtio: the driver cleared status bits (0x{:x} -> 0x{value:x}); ignored",
-                self.status
-            );
-            return;
-        }
-        let new = value & !self.status;
-        if new & status::FEATURES_OK != 0 {
-            let offered = self.device.features();
-            let acceptable = self.driver_features & !offered == 0
-                && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
-            if !acceptable {
-                log::warn!(
-                    "virtio: the driver's features 0x{:x} do not fit the offer 0x{offered:x}",
-                    self.driver_features
-                );
-                // FEATURES_OK stays clear: the driver sees the refusal.
-                self.status = value & !status::FEATURES_OK;
-                return;
-            }
-        }
-        self.status = value;
-        if new & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK != 0 && !self.active {
-            self.activate();
-        }
-    }
-
-    fn activate(&mut self) {
-        let event_idx = self.driver_features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
-        let ready = self.queues.iter().filter(|q| q.ready()).count();
-        let queues: Vec<Queue> = self
-            .queues
-            .iter()
-            .map(|q| device_copy(q, event_idx))
-            .collect();
-        let kicks: std::io::Result<Vec<EventFd>> =
-            self.kicks.iter().map(EventFd::try_clone).collect();
-        let kicks = match kicks {
-            Ok(kicks) => kicks,
-            Err(e) => {
-                log::error!("virtio: cannot clone a queue eventfd: {e}");
-                self.status |= status::DEVICE_NEEDS_RESET;
-                return;
-            }
-        };
-        if ready < queues.len() || queues.iter().any(|q| !q.is_valid(&self.mem)) {
-            log::warn!(
-                "virtio: the driver set DRIVER_OK with {ready} of {} queues ready or valid",
-                queues.len()
-            );
-            self.status |= status::DEVICE_NEEDS_RESET;
-            self.interrupt.signal_config_change();
-            return;
-        }
-        let activation = Activation {
-            mem: self.mem.clone(),
-            queues,
-            kicks,
-            interrupt: self.interrupt.clone(),
-            features: self.driver_features,
-        };
-        match self.device.activate(activation) {
-            Ok(()) => self.active = true,
-            Err(e) => {
-                log::error!(
-                    "virtio: cannot activate device {}: {e}",
-                    self.device.device_type()
-                );
-                self.status |= status::DEVICE_NEEDS_RESET;
-                self.interrupt.signal_config_change();
-            }
-        }
+        self.core.interrupt()
     }
 
     fn read_register(&mut self, offset: u64) -> u32 {
+        let core = &self.core;
         match offset {
             reg::MAGIC => MAGIC_VALUE,
             reg::VERSION => 2,
-            reg::DEVICE_ID => self.device.device_type(),
+            reg::DEVICE_ID => core.device_type(),
             reg::VENDOR_ID => VENDOR_ID,
-            reg::DEVICE_FEATURES => match self.device_features_select {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
-                _ => 0,
-            },
-            reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
-            reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
-            reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => self.status,
+            reg::DEVICE_FEATURES => core.device_features_word(),
+            reg::QUEUE_NUM_MAX => core.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => core.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => core.interrupt().status(),
+            reg::STATUS => core.status(),
             reg::CONFIG_GENERATION => 0,
             _ => {
                 log::debug!("virtio: read of unknown register 0x{offset:x}");
@@ -238,87 +97,48 @@ impl MmioTransport {
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
-        // Queue and feature set-up only before the device runs.
-        let configurable = self.status & status::DRIVER_OK == 0;
-        let set_addr = |q: &mut Queue, offset: u64, value: u32| match offset {
-            reg::QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
-            reg::QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(value)),
-            reg::QUEUE_DRIVER_LOW => q.set_avail_ring_address(Some(value), None),
-            reg::QUEUE_DRIVER_HIGH => q.set_avail_ring_address(None, Some(value)),
-            reg::QUEUE_DEVICE_LOW => q.set_used_ring_address(Some(value), None),
-            _ => q.set_used_ring_address(None, Some(value)),
-        };
+        let core = &mut self.core;
         match offset {
-            reg::DEVICE_FEATURES_SEL => self.device_features_select = value,
-            reg::DRIVER_FEATURES_SEL => self.driver_features_select = value,
-            reg::DRIVER_FEATURES if configurable && self.status & status::FEATURES_OK == 0 => {
-                match self.driver_features_select {
-                    0 => {
-                        self.driver_features =
-                            (self.driver_features & !0xffff_ffff) | u64::from(value)
-                    }
-                    1 => {
-                        self.driver_features =
-                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-                    }
-                    _ => {}
-                }
-            }
-            reg::QUEUE_SEL => self.queue_select = value,
-            reg::QUEUE_NUM if configurable => {
-                if let Some(q) = self.selected_queue() {
+            reg::DEVICE_FEATURES_SEL => core.device_features_select = value,
+            reg::DRIVER_FEATURES_SEL => core.driver_features_select = value,
+            reg::DRIVER_FEATURES => core.set_driver_features_word(value),
+            reg::QUEUE_SEL => core.queue_select = value,
+            reg::QUEUE_NUM => {
+                if let Some(q) = core.configurable_queue() {
                     q.set_size(value as u16);
                 }
             }
-            reg::QUEUE_READY if configurable => {
-                if let Some(q) = self.selected_queue() {
+            reg::QUEUE_READY => {
+                if let Some(q) = core.configurable_queue() {
                     q.set_ready(value == 1);
                 }
             }
-            reg::QUEUE_DESC_LOW..=reg::QUEUE_DEVICE_HIGH if configurable => {
-                if let Some(q) = self.selected_queue() {
-                    set_addr(q, offset, value);
+            reg::QUEUE_DESC_LOW..=reg::QUEUE_DEVICE_HIGH => {
+                if let Some(q) = core.configurable_queue() {
+                    match offset {
+                        reg::QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
+                        reg::QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(value)),
+                        reg::QUEUE_DRIVER_LOW => q.set_avail_ring_address(Some(value), None),
+                        reg::QUEUE_DRIVER_HIGH => q.set_avail_ring_address(None, Some(value)),
+                        reg::QUEUE_DEVICE_LOW => q.set_used_ring_address(Some(value), None),
+                        reg::QUEUE_DEVICE_HIGH => q.set_used_ring_address(None, Some(value)),
+                        _ => {}
+                    }
                 }
             }
-            reg::QUEUE_NOTIFY => {
-                // Reached only when no ioeventfd took the write.
-                if let Some(kick) = self.kicks.get(value as usize) {
-                    let _ = kick.write(1);
-                }
-            }
-            reg::INTERRUPT_ACK => self.interrupt.ack(value),
-            reg::STATUS => self.write_status(value),
+            // Reached only when no ioeventfd took the write.
+            reg::QUEUE_NOTIFY => core.notify(value),
+            reg::INTERRUPT_ACK => core.interrupt().ack(value),
+            reg::STATUS => core.write_status(value),
             _ => log::debug!("virtio: ignored write of 0x{value:x} to register 0x{offset:x}"),
         }
     }
 }
 
-/// The device's own copy of a queue the driver set up.
-fn device_copy(src: &Queue, event_idx: bool) -> Queue {
-    // The size was valid when the transport's queue was made with it.
-    let mut q = Queue::new(src.max_size()).unwrap_or_default();
-    q.set_size(src.size());
-    q.set_desc_table_address(
-        Some(src.desc_table() as u32),
-        Some((src.desc_table() >> 32) as u32),
-    );
-    q.set_avail_ring_address(
-        Some(src.avail_ring() as u32),
-        Some((src.avail_ring() >> 32) as u32),
-    );
-    q.set_used_ring_address(
-        Some(src.used_ring() as u32),
-        Some((src.used_ring() >> 32) as u32),
-    );
-    q.set_ready(src.ready());
-    q.set_event_idx(event_idx);
-    q
-}
-
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= reg::CONFIG {
-            self.device.read_config(offset - reg::CONFIG, data);
+            self.core.read_config(offset - reg::CONFIG, data);
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
@@ -335,7 +155,7 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
-            self.device.write_config(offset - reg::CONFIG, data);
+            self.core.write_config(offset - reg::CONFIG, data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
@@ -355,41 +175,9 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::irq::IrqLine;
-    use crate::virtio::ActivateError;
-    use std::sync::Mutex;
+    use crate::virtio::status;
+    use crate::virtio::test_device::{Probe, Record};
     use vm_memory::GuestAddress;
-
-    #[derive(Default)]
-    struct Probe {
-        activations: Arc<Mutex<Vec<u64>>>,
-        resets: Arc<Mutex<usize>>,
-    }
-
-    impl VirtioDevice for Probe {
-        fn device_type(&self) -> u32 {
-            1
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 16]
-        }
-        fn features(&self) -> u64 {
-            (1 << VIRTIO_F_VERSION_1) | (1 << 5)
-        }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8);
-        }
-        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-            assert_eq!(a.queues.len(), 2);
-            self.activations.lock().unwrap().push(a.features);
-            Ok(())
-        }
-        fn reset(&mut self) {
-            *self.resets.lock().unwrap() += 1;
-        }
-    }
-
-    /// Features of each activation, and the number of resets.
-    type Record = (Arc<Mutex<Vec<u64>>>, Arc<Mutex<usize>>);
 
     fn transport() -> (MmioTransport, Record) {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();

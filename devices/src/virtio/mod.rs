@@ -1,19 +1,25 @@
 // SPDX-License-Identifier: Apache-2.0
 //! virtio 1.x devices: the [`VirtioDevice`] model apart from its
-//! [`mmio::MmioTransport`], and the interrupt state they share.
+//! transport ([`mmio::MmioTransport`] or [`pci::VirtioPci`]), and the
+//! interrupt state they share.
 
 pub mod block;
+mod core;
 mod device_thread;
 pub mod mmio;
 pub mod net;
+pub mod pci;
+#[cfg(test)]
+mod test_device;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::irq::IrqLine;
+use crate::pci::msix::Msix;
 use crate::GuestMemory;
 
 /// Device status bits (virtio 1.2, 2.1).
@@ -40,46 +46,90 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
 /// `VIRTIO_RING_F_EVENT_IDX`: notification suppression by ring index.
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 
-/// Interrupt status bits of the MMIO transport (virtio 1.2, 4.2.2).
+/// Interrupt status bits (virtio 1.2, 4.1.4.5 and 4.2.2).
 const INT_USED_RING: u32 = 1;
 const INT_CONFIG_CHANGE: u32 = 2;
 
-/// A device's interrupt: the status the guest reads and acks, and the line.
+/// `VIRTIO_MSI_NO_VECTOR`: a cause that raises no MSI-X vector.
+pub const NO_VECTOR: u16 = 0xffff;
+
+/// Where a device's interrupts go.
+#[derive(Debug)]
+enum Delivery {
+    /// One line for every cause (virtio-mmio).
+    Line(IrqLine),
+    /// An MSI-X vector per cause, as the driver chose (virtio-pci).
+    Msix {
+        msix: Arc<Msix>,
+        config_vector: AtomicU16,
+        queue_vectors: Vec<AtomicU16>,
+    },
+}
+
+/// A device's interrupt: the causes pending (the ISR status the guest
+/// reads) and how the guest is told.
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
-    line: IrqLine,
+    delivery: Delivery,
 }
 
 impl Interrupt {
-    /// An interrupt raised on `line`.
+    /// An interrupt raised on `line`, whatever the cause.
     pub fn new(line: IrqLine) -> Self {
         Self {
             status: AtomicU32::new(0),
-            line,
+            delivery: Delivery::Line(line),
         }
     }
 
-    /// The line (the VMM registers its eventfd with KVM).
-    pub fn line(&self) -> &IrqLine {
-        &self.line
+    /// An interrupt delivered as MSI-X messages, one vector per cause
+    /// (configuration change, each of `queues` queues), none chosen yet.
+    pub fn msix(msix: Arc<Msix>, queues: usize) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            delivery: Delivery::Msix {
+                msix,
+                config_vector: AtomicU16::new(NO_VECTOR),
+                queue_vectors: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
+            },
+        }
     }
 
-    fn raise(&self, bit: u32) {
+    fn raise(&self, bit: u32, vector: impl FnOnce(&[AtomicU16], &AtomicU16) -> Option<u16>) {
         self.status.fetch_or(bit, Ordering::SeqCst);
-        if let Err(e) = self.line.trigger() {
-            log::warn!("cannot raise interrupt {}: {e}", self.line.gsi());
+        match &self.delivery {
+            Delivery::Line(line) => {
+                if let Err(e) = line.trigger() {
+                    log::warn!("cannot raise interrupt {}: {e}", line.gsi());
+                }
+            }
+            Delivery::Msix {
+                msix,
+                config_vector,
+                queue_vectors,
+            } => {
+                if let Some(vector) = vector(queue_vectors, config_vector) {
+                    if vector != NO_VECTOR {
+                        msix.signal(vector);
+                    }
+                }
+            }
         }
     }
 
-    /// Tells the guest that buffers were used.
-    pub fn signal_used_queue(&self) {
-        self.raise(INT_USED_RING);
+    /// Tells the guest that buffers of queue `queue` were used.
+    pub fn signal_used_queue(&self, queue: usize) {
+        self.raise(INT_USED_RING, |queues, _| {
+            queues.get(queue).map(|v| v.load(Ordering::Relaxed))
+        });
     }
 
     /// Tells the guest that the configuration space changed.
     pub fn signal_config_change(&self) {
-        self.raise(INT_CONFIG_CHANGE);
+        self.raise(INT_CONFIG_CHANGE, |_, config| {
+            Some(config.load(Ordering::Relaxed))
+        });
     }
 
     /// The pending interrupt causes.
@@ -87,14 +137,93 @@ impl Interrupt {
         self.status.load(Ordering::SeqCst)
     }
 
+    /// Returns the pending causes and clears them (a read of virtio-pci's ISR).
+    pub fn take_status(&self) -> u32 {
+        self.status.swap(0, Ordering::SeqCst)
+    }
+
     /// The guest acknowledged `bits`.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
-    /// Clears every cause (device reset).
+    /// Clears every cause and forgets the vectors (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+        if let Delivery::Msix {
+            config_vector,
+            queue_vectors,
+            ..
+        } = &self.delivery
+        {
+            config_vector.store(NO_VECTOR, Ordering::SeqCst);
+            for v in queue_vectors {
+                v.store(NO_VECTOR, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Accepts `vector` if the MSI-X table has it, else [`NO_VECTOR`].
+    fn valid_vector(msix: &Msix, vector: u16) -> u16 {
+        if vector < msix.vectors() {
+            vector
+        } else {
+            NO_VECTOR
+        }
+    }
+
+    /// The driver picks the vector of configuration changes; returns the
+    /// one kept ([`NO_VECTOR`] if refused, or without MSI-X).
+    pub fn set_config_vector(&self, vector: u16) -> u16 {
+        match &self.delivery {
+            Delivery::Msix {
+                msix,
+                config_vector,
+                ..
+            } => {
+                let kept = Self::valid_vector(msix, vector);
+                config_vector.store(kept, Ordering::SeqCst);
+                kept
+            }
+            Delivery::Line(_) => NO_VECTOR,
+        }
+    }
+
+    /// The vector of configuration changes.
+    pub fn config_vector(&self) -> u16 {
+        match &self.delivery {
+            Delivery::Msix { config_vector, .. } => config_vector.load(Ordering::SeqCst),
+            Delivery::Line(_) => NO_VECTOR,
+        }
+    }
+
+    /// The driver picks the vector of queue `queue`; returns the one kept.
+    pub fn set_queue_vector(&self, queue: usize, vector: u16) -> u16 {
+        match &self.delivery {
+            Delivery::Msix {
+                msix,
+                queue_vectors,
+                ..
+            } => match queue_vectors.get(queue) {
+                Some(slot) => {
+                    let kept = Self::valid_vector(msix, vector);
+                    slot.store(kept, Ordering::SeqCst);
+                    kept
+                }
+                None => NO_VECTOR,
+            },
+            Delivery::Line(_) => NO_VECTOR,
+        }
+    }
+
+    /// The vector of queue `queue`.
+    pub fn queue_vector(&self, queue: usize) -> u16 {
+        match &self.delivery {
+            Delivery::Msix { queue_vectors, .. } => queue_vectors
+                .get(queue)
+                .map_or(NO_VECTOR, |v| v.load(Ordering::SeqCst)),
+            Delivery::Line(_) => NO_VECTOR,
+        }
     }
 }
 

@@ -102,7 +102,7 @@ impl BlockWorker {
             }
         }
         if used_any && self.queue.needs_notification(&mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
+            self.interrupt.signal_used_queue(0);
         }
     }
 }

@@ -27,6 +27,11 @@ use crate::virtio::device_thread::run_until_stopped;
 use crate::virtio::Interrupt;
 use crate::GuestMemory;
 
+/// Index of the receive queue (virtio 1.2, 5.1.2).
+const RX_QUEUE: usize = 0;
+/// Index of the transmit queue.
+const TX_QUEUE: usize = 1;
+
 /// Counters of one card, readable from any thread.
 #[derive(Debug, Default)]
 pub struct NetStats {
@@ -460,16 +465,16 @@ impl NetWorker {
     }
 
     fn notify(&mut self, mem: &GuestMemory, which: TxOrRx) {
-        let queue = match which {
-            TxOrRx::Tx => &mut self.p.tx_queue,
-            TxOrRx::Rx => &mut self.rx.queue,
+        let (queue, index) = match which {
+            TxOrRx::Tx => (&mut self.p.tx_queue, TX_QUEUE),
+            TxOrRx::Rx => (&mut self.rx.queue, RX_QUEUE),
         };
         match queue.needs_notification(mem) {
-            Ok(true) => self.p.interrupt.signal_used_queue(),
+            Ok(true) => self.p.interrupt.signal_used_queue(index),
             Ok(false) => {}
             Err(e) => {
                 log::debug!("net{}: {e}", self.p.id);
-                self.p.interrupt.signal_used_queue();
+                self.p.interrupt.signal_used_queue(index);
             }
         }
     }
