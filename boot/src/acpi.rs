@@ -5,7 +5,8 @@
 //! sleep status and reset registers are one I/O port
 //! ([`ACPI_SLEEP_PORT`]); the DSDT carries `_S5_` so that a guest
 //! `poweroff` writes the S5 value there, and describes every MMIO device
-//! the guest must discover (virtio-mmio as `LNRO0005`, pvpanic as `QEMU0001`).
+//! the guest must discover (virtio-mmio as `LNRO0005`, pvpanic as `QEMU0001`,
+//! the PCI host bridge as `PNP0A03`).
 //! The MADT lists one local APIC per vCPU and the IOAPIC.
 
 use acpi_tables::aml;
@@ -67,13 +68,51 @@ pub struct AcpiDevice {
     pub irq: Option<u32>,
 }
 
+/// The PCI host bridge the DSDT describes: bus 0, reached through the
+/// configuration ports, with its devices' BARs in one memory window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciHostBridge {
+    /// First configuration port (0xcf8) and how many there are.
+    pub config_ports: (u16, u8),
+    /// The memory window for BARs: first address and size.
+    pub mmio_window: (u32, u32),
+}
+
+/// AML of the host bridge `PCI0` (`PNP0A03`).
+fn pci_host_bridge_aml(bridge: &PciHostBridge, sink: &mut Vec<u8>) {
+    let (port, ports) = bridge.config_ports;
+    let (start, size) = bridge.mmio_window;
+    let bus = aml::AddressSpace::<u16>::new_bus_number(0, 0);
+    let config = aml::IO::new(port, port, 1, ports);
+    let window = aml::AddressSpace::<u32>::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        start,
+        start + (size - 1),
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &config, &window]);
+    aml::Device::new(
+        "PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A03")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
 /// Whether `hid` is a PNP id (`PNPxxxx`), which ACPI encodes as an EISA id.
 fn is_pnp_id(hid: &str) -> bool {
     hid.len() == 7 && hid.starts_with("PNP")
 }
 
-/// Builds the AML of the DSDT body: `_S5_` and one device per entry.
-fn dsdt_body(devices: &[AcpiDevice]) -> Vec<u8> {
+/// Builds the AML of the DSDT body: `_S5_`, one device per entry, and
+/// the PCI host bridge if there is one.
+fn dsdt_body(devices: &[AcpiDevice], pci: Option<&PciHostBridge>) -> Vec<u8> {
     let mut body = Vec::new();
     // Sleep type 5 for S5 (soft off): what the guest writes to the sleep control register.
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8])).to_aml_bytes(&mut body);
@@ -120,17 +159,25 @@ fn dsdt_body(devices: &[AcpiDevice]) -> Vec<u8> {
         )
         .to_aml_bytes(&mut device_aml);
     }
+    if let Some(bridge) = pci {
+        pci_host_bridge_aml(bridge, &mut device_aml);
+    }
     body.extend(aml::Scope::raw("\\_SB_".into(), device_aml));
     body
 }
 
 /// Bytes of each table, in the order they are laid out after the RSDP.
-fn tables(cpus: u32, devices: &[AcpiDevice], start: u64) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+fn tables(
+    cpus: u32,
+    devices: &[AcpiDevice],
+    pci: Option<&PciHostBridge>,
+    start: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, Error> {
     let align = |addr: u64| (addr + 15) & !15;
     let rsdp_len = Rsdp::len() as u64;
 
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    dsdt.append_slice(&dsdt_body(devices));
+    dsdt.append_slice(&dsdt_body(devices, pci));
     let dsdt_addr = align(start + rsdp_len);
     let dsdt = dsdt.as_slice().to_vec();
 
@@ -189,14 +236,15 @@ fn tables(cpus: u32, devices: &[AcpiDevice], start: u64) -> Result<Vec<(u64, Vec
     ])
 }
 
-/// Writes the ACPI tables for `cpus` vCPUs and `devices` at [`ACPI_START`];
-/// returns the RSDP's address.
+/// Writes the ACPI tables for `cpus` vCPUs, `devices` and the PCI host
+/// bridge `pci` at [`ACPI_START`]; returns the RSDP's address.
 pub fn write_acpi_tables(
     mem: &GuestMemory,
     cpus: u32,
     devices: &[AcpiDevice],
+    pci: Option<&PciHostBridge>,
 ) -> Result<GuestAddress, Error> {
-    let tables = tables(cpus, devices, ACPI_START)?;
+    let tables = tables(cpus, devices, pci, ACPI_START)?;
     let end = tables
         .iter()
         .map(|(addr, bytes)| addr + bytes.len() as u64)
@@ -232,7 +280,7 @@ mod tests {
 
     #[test]
     fn every_table_has_a_valid_checksum_and_signature() {
-        let tables = tables(4, &[virtio(0), virtio(1)], ACPI_START).unwrap();
+        let tables = tables(4, &[virtio(0), virtio(1)], None, ACPI_START).unwrap();
         let sigs: Vec<&[u8]> = tables.iter().map(|(_, b)| &b[..4]).collect();
         assert_eq!(sigs, vec![&b"RSD "[..], b"DSDT", b"FACP", b"APIC", b"XSDT"]);
         // RSDP: the first 20 bytes and the whole structure both sum to zero.
@@ -251,7 +299,7 @@ mod tests {
 
     #[test]
     fn madt_has_one_local_apic_per_cpu_and_an_ioapic() {
-        let tables = tables(3, &[], ACPI_START).unwrap();
+        let tables = tables(3, &[], None, ACPI_START).unwrap();
         let madt = &tables[3].1;
         let mut entries = Vec::new();
         let mut off = 44;
@@ -266,7 +314,7 @@ mod tests {
 
     #[test]
     fn dsdt_describes_devices_and_s5() {
-        let tables = tables(1, &[virtio(0), virtio(1)], ACPI_START).unwrap();
+        let tables = tables(1, &[virtio(0), virtio(1)], None, ACPI_START).unwrap();
         let dsdt = &tables[1].1;
         let find = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
         assert_eq!(find(b"LNRO0005"), 2);
@@ -282,7 +330,7 @@ mod tests {
             registers: vec![AcpiRegisters::Io(0x3f8, 8)],
             irq: Some(4),
         };
-        let tables = tables(1, &[com1], ACPI_START).unwrap();
+        let tables = tables(1, &[com1], None, ACPI_START).unwrap();
         let dsdt = &tables[1].1;
         // EISA id of PNP0501, as a DWord constant.
         let eisa = [0x0c, 0x41, 0xd0, 0x05, 0x01];
@@ -295,7 +343,7 @@ mod tests {
 
     #[test]
     fn xsdt_points_at_fadt_and_madt_and_fadt_at_dsdt() {
-        let tables = tables(2, &[], ACPI_START).unwrap();
+        let tables = tables(2, &[], None, ACPI_START).unwrap();
         let xsdt = &tables[4].1;
         let entry = |i: usize| u64::from_le_bytes(xsdt[36 + 8 * i..44 + 8 * i].try_into().unwrap());
         assert_eq!(entry(0), tables[2].0);
@@ -314,9 +362,28 @@ mod tests {
     }
 
     #[test]
+    fn dsdt_describes_the_pci_host_bridge() {
+        let bridge = PciHostBridge {
+            config_ports: (0xcf8, 8),
+            mmio_window: (0xe000_0000, 0x1000_0000),
+        };
+        let with = tables(1, &[], Some(&bridge), ACPI_START).unwrap();
+        let dsdt = &with[1].1;
+        let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"PCI0"));
+        // EISA id of PNP0A03.
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x0a, 0x03]));
+        // The configuration ports, and the window's first and last address.
+        assert!(has(&[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]));
+        assert!(has(&[0x00, 0x00, 0x00, 0xe0, 0xff, 0xff, 0xff, 0xef]));
+        let without = tables(1, &[], None, ACPI_START).unwrap();
+        assert!(!without[1].1.windows(4).any(|w| w == b"PCI0"));
+    }
+
+    #[test]
     fn too_many_cpus_is_an_error() {
         assert!(matches!(
-            tables(300, &[], ACPI_START),
+            tables(300, &[], None, ACPI_START),
             Err(Error::TooManyCpus(300))
         ));
     }

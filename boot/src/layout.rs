@@ -6,7 +6,8 @@
 //! 0x0000_7000  zero page (boot_params)    0x000e_0000  ACPI tables (RSDP first)
 //! 0x0000_8ff0  boot stack (grows down)    0x0010_0000  kernel, then RAM
 //! 0x0000_9000  page tables (PML4,PDPT,PD) 0xd000_0000  MMIO gap: ferry's devices
-//! 0x0002_0000  kernel command line        0xfec0_0000  IOAPIC, 0xfee0_0000 LAPIC
+//! 0x0002_0000  kernel command line        0xe000_0000  PCI BARs
+//!                                         0xfec0_0000  IOAPIC, 0xfee0_0000 LAPIC
 //!                                         0x1_0000_0000 RAM above the gap
 //! ```
 
@@ -59,6 +60,10 @@ pub const CONTROL_DEVICE_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START + 0x1_0000;
 /// Size of one virtio-mmio window.
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// Start of the memory window for PCI BARs.
+pub const PCI_MMIO_START: u64 = 0xe000_0000;
+/// Size of the PCI BAR window.
+pub const PCI_MMIO_SIZE: u64 = 0x1000_0000;
 /// First interrupt line for virtio-mmio devices (0-4 are the legacy devices').
 pub const VIRTIO_IRQ_START: u32 = 5;
 /// Last interrupt line the IOAPIC has.
@@ -119,6 +124,8 @@ mod tests {
             BOOT_MARKER_ADDR,
             PVPANIC_ADDR,
             VIRTIO_MMIO_START,
+            PCI_MMIO_START,
+            PCI_MMIO_START + PCI_MMIO_SIZE - 1,
         ] {
             assert!((MMIO_GAP_START..u64::from(IOAPIC_ADDR)).contains(&addr));
         }
