@@ -123,7 +123,7 @@ class Vmm:
     def start(self, cmdline_tail):
         if self.name == "ferry":
             cmd = [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", str(MEM_MIB),
-                   "--mac", MAC, "--cmdline", f"{BASE} pci=off -- \"{cmdline_tail}\""]
+                   "--mac", MAC, "--cmdline", f"{BASE} -- \"{cmdline_tail}\""]
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL)
         sock = os.path.join(self.tmp, f"passt-{self.name}.sock")

@@ -28,19 +28,22 @@ KERNEL = os.path.join(ROOT, "resources/out/vmlinuz")
 INITRD = os.path.join(ROOT, "resources/out/initramfs.cpio.gz")
 FERRY = os.path.join(ROOT, "target/release/ferry")
 MEM_MIB = 256
-CMDLINE = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd -- true"
+BASE = "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"
+# ferry's devices are on PCI; microvm's on virtio-mmio.
+FERRY_CMDLINE = f"{BASE} -- true"
+QEMU_CMDLINE = f"{BASE} pci=off -- true"
 MARKER = b"init: userspace started"
 
 
 def ferry_cmd():
-    return [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", str(MEM_MIB), "--cmdline", CMDLINE]
+    return [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", str(MEM_MIB), "--cmdline", FERRY_CMDLINE]
 
 
 def qemu_cmd():
     return ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-arch-capabilities",
             "-M", "microvm,acpi=on", "-m", str(MEM_MIB), "-smp", "1",
             "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-serial", "stdio", "-kernel", KERNEL, "-initrd", INITRD, "-append", CMDLINE]
+            "-serial", "stdio", "-kernel", KERNEL, "-initrd", INITRD, "-append", QEMU_CMDLINE]
 
 
 def rss_outside_guest_kib(pid):

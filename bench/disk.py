@@ -60,7 +60,7 @@ def command(vmm, image):
     tail = f"-- \"{guest_script()}\""
     if vmm == "ferry":
         return [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", "512", "--net", "none",
-                "--disk", image, "--cmdline", f"{BASE} pci=off {tail}"]
+                "--disk", image, "--cmdline", f"{BASE} {tail}"]
     drive = f"file={image},format=raw,cache={QEMU_CACHE},aio=threads"
     common = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", "512",
               "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",

@@ -70,6 +70,7 @@ fn help_documents_every_option_and_the_exit_statuses() {
         "--timeout",
         "--console-log",
         "--shutdown-grace",
+        "--virtio",
     ] {
         assert!(out.stdout.contains(option), "--help lacks {option}");
     }
@@ -281,6 +282,15 @@ fn bad_network_options_are_refused() {
         &ferry(&["--kernel", &k, "--publish", "80"]),
         BAD_CONFIG,
         "--publish 80",
+    );
+}
+
+#[test]
+fn an_unknown_virtio_transport_is_refused() {
+    assert_error(
+        &ferry(&["--kernel", &kernel(), "--net", "none", "--virtio", "ccw"]),
+        BAD_CONFIG,
+        "--virtio ccw: use pci or mmio",
     );
 }
 

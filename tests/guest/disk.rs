@@ -22,7 +22,8 @@ const ROOT: &str = "root=/dev/vda rw";
 pub struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(what: &str) -> Result<Self, String> {
+    /// An empty directory named after `what`.
+    pub fn new(what: &str) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("ferry-{what}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
@@ -42,7 +43,7 @@ impl Scratch {
     }
 
     /// A raw image of `len` bytes of a pattern that depends on `seed`.
-    fn raw_disk(&self, name: &str, len: usize, seed: u8) -> Result<PathBuf, String> {
+    pub fn raw_disk(&self, name: &str, len: usize, seed: u8) -> Result<PathBuf, String> {
         let path = self.path(name);
         let bytes: Vec<u8> = (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))

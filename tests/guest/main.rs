@@ -20,6 +20,7 @@ mod kvm_host;
 mod net;
 mod relay;
 mod tests;
+mod transport;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -35,7 +36,7 @@ pub const GUEST_RESET: i32 = 80;
 
 /// The default kernel command line, as ferry's.
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// Run before each guest command: from then on only emergencies (a panic)
 /// reach the console, so that a kernel message cannot land in the middle of

@@ -8,6 +8,7 @@ use crate::disk::{
     sigkill_keeps_the_console_log_and_synced_data, sigterm_shuts_the_guest_down_cleanly,
     timeout_stops_the_vm_and_synced_data_stays, two_disks_in_order_with_serials,
 };
+use crate::transport::{virtio_mmio_on_request, virtio_on_pci_with_msix};
 use crate::{check, net, Boot, Test, GUEST_RESET};
 
 /// The pvpanic exit status.
@@ -44,6 +45,8 @@ pub const ALL: &[Test] = tests![
     sigterm_shuts_the_guest_down_cleanly,
     sigkill_keeps_the_console_log_and_synced_data,
     halted_guest_ends_the_vm,
+    virtio_on_pci_with_msix,
+    virtio_mmio_on_request,
 ];
 
 /// The tests `filter` selects, in order: all if it is empty; else, for each

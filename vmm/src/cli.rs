@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use clap::Parser;
 
 /// The default kernel command line: serial console, reboot through the
-/// keyboard controller, reboot at once on panic, no PCI, no slow i8042 probe.
+/// keyboard controller, reboot at once on panic, no slow i8042 probe.
+/// With `--virtio mmio`, `pci=off` is added (there is no PCI bus then).
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// The default MAC address: locally administered, unicast.
 pub const DEFAULT_MAC: &str = "02:66:72:72:79:01";
@@ -28,6 +29,11 @@ pub struct Cli {
     /// Kernel command line (replaces the default).
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     pub cmdline: String,
+
+    /// Where virtio devices sit: `pci` (PCI bus 0, MSI-X interrupts) or
+    /// `mmio` (virtio-mmio windows in the DSDT, for kernels without PCI).
+    #[arg(long, value_name = "pci|mmio", default_value = "pci")]
+    pub virtio: String,
 
     /// Number of vCPUs (1-254).
     #[arg(long, value_name = "N", default_value_t = 1)]

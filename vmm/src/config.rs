@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::cli::Cli;
+use crate::cli::{Cli, DEFAULT_CMDLINE};
 
 /// Smallest guest memory ferry accepts, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -77,6 +77,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The virtio transport is unknown.
+    #[error("--virtio {0}: use pci or mmio")]
+    Virtio(String),
     /// passt is not installed (or not where --passt says).
     #[error("passt not found ({0}): install it (apt-get install passt), pass --passt PATH, or use --net none")]
     PasstMissing(String),
@@ -151,6 +154,38 @@ pub fn publish_to_passt(spec: &str) -> Result<[String; 2], Error> {
         None => format!("{host}:{guest}"),
     };
     Ok([proto.to_string(), passt_spec])
+}
+
+impl Transport {
+    /// The transport `--virtio` names.
+    fn from_cli(name: &str) -> Result<Self, Error> {
+        match name {
+            "pci" => Ok(Transport::Pci),
+            "mmio" => Ok(Transport::Mmio),
+            other => Err(Error::Virtio(other.to_string())),
+        }
+    }
+}
+
+/// The kernel command line for `transport`: the default one gets `pci=off`
+/// without a PCI bus; a given one that turns PCI off while the devices are
+/// on it gets a warning.
+fn cmdline_for(cmdline: &str, transport: Transport) -> String {
+    let pci_off = cmdline
+        .split_whitespace()
+        .take_while(|word| *word != "--")
+        .any(|word| word == "pci=off");
+    match transport {
+        Transport::Mmio if cmdline == DEFAULT_CMDLINE => format!("{cmdline} pci=off"),
+        Transport::Pci if pci_off => {
+            log::warn!(
+                "the kernel command line has pci=off, but the virtio devices are on PCI: \
+                 the guest will not see them (drop pci=off, or use --virtio mmio)"
+            );
+            cmdline.to_string()
+        }
+        _ => cmdline.to_string(),
+    }
 }
 
 impl Net {
@@ -280,6 +315,17 @@ pub struct VmConfig {
     pub timeout: Option<std::time::Duration>,
     /// How long the guest gets to shut down when ferry is asked to stop.
     pub shutdown_grace: std::time::Duration,
+    /// Where the virtio devices sit.
+    pub transport: Transport,
+}
+
+/// How virtio devices reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// virtio-pci on PCI bus 0, with MSI-X interrupts.
+    Pci,
+    /// virtio-mmio windows described in the DSDT, one interrupt line each.
+    Mmio,
 }
 
 /// Opens `path` as a regular file.
@@ -340,6 +386,7 @@ impl VmConfig {
             .iter()
             .map(|s| parse_disk(s))
             .collect::<Result<Vec<_>, _>>()?;
+        let transport = Transport::from_cli(&cli.virtio)?;
         let net = Net::from_cli(cli)?;
         let kernel = open_file("kernel", &cli.kernel)?;
         let initrd = cli
@@ -369,7 +416,7 @@ impl VmConfig {
         Ok(VmConfig {
             kernel,
             initrd,
-            cmdline: cli.cmdline.clone(),
+            cmdline: cmdline_for(&cli.cmdline, transport),
             cpus: cli.cpus,
             mem_size: cli.memory << 20,
             console,
@@ -379,6 +426,7 @@ impl VmConfig {
             console_log,
             timeout,
             shutdown_grace,
+            transport,
         })
     }
 }
@@ -386,6 +434,30 @@ impl VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_command_line_fits_the_transport() {
+        assert_eq!(
+            cmdline_for(DEFAULT_CMDLINE, Transport::Pci),
+            DEFAULT_CMDLINE
+        );
+        assert_eq!(
+            cmdline_for(DEFAULT_CMDLINE, Transport::Mmio),
+            format!("{DEFAULT_CMDLINE} pci=off")
+        );
+        // A given command line is the user's: never changed.
+        assert_eq!(
+            cmdline_for("console=ttyS0", Transport::Mmio),
+            "console=ttyS0"
+        );
+        assert_eq!(
+            cmdline_for("pci=off -- echo pci=off", Transport::Pci),
+            "pci=off -- echo pci=off"
+        );
+        assert_eq!(Transport::from_cli("pci").unwrap(), Transport::Pci);
+        assert_eq!(Transport::from_cli("mmio").unwrap(), Transport::Mmio);
+        assert!(matches!(Transport::from_cli("ccw"), Err(Error::Virtio(_))));
+    }
 
     #[test]
     fn mac_addresses() {

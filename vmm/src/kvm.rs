@@ -3,8 +3,11 @@
 //! /dev/kvm, which runs only guest kernels built for PVM.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use kvm_ioctls::Kvm;
+use ferry_devices::pci::msix::MsiSink;
+use kvm_bindings::kvm_msi;
+use kvm_ioctls::{Kvm, VmFd};
 
 /// Why KVM cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +65,41 @@ pub fn open(allow_pvm: bool) -> Result<Kvm, Error> {
         kvm_ioctls::Cap::Pit2,
         kvm_ioctls::Cap::ExtCpuid,
         kvm_ioctls::Cap::ImmediateExit,
+        kvm_ioctls::Cap::SignalMsi,
     ] {
         if !kvm.check_extension(cap) {
             return Err(Error::Capability(cap));
         }
     }
     Ok(kvm)
+}
+
+/// Injects devices' MSI messages into the VM (`KVM_SIGNAL_MSI`).
+#[derive(Debug)]
+pub struct KvmMsi {
+    vm: Arc<VmFd>,
+}
+
+impl KvmMsi {
+    /// Messages go to `vm`.
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        Self { vm }
+    }
+}
+
+impl MsiSink for KvmMsi {
+    fn send(&self, address: u64, data: u32) -> std::io::Result<()> {
+        let msi = kvm_msi {
+            address_lo: address as u32,
+            address_hi: (address >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.vm
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
 }
 
 #[cfg(test)]

@@ -7,30 +7,33 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_boot::acpi::{self, AcpiDevice, AcpiRegisters};
+use ferry_boot::acpi::{self, AcpiDevice, AcpiRegisters, PciHostBridge};
 use ferry_boot::layout::{
     ACPI_RESET_VALUE, ACPI_SLEEP_PORT, BOOT_MARKER_ADDR, CONTROL_DEVICE_SIZE, EXIT_DEVICE_ADDR,
-    IRQ_MAX, KVM_TSS_ADDR, PVPANIC_ADDR, VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+    IRQ_MAX, KVM_TSS_ADDR, PCI_MMIO_SIZE, PCI_MMIO_START, PVPANIC_ADDR, VIRTIO_IRQ_START,
+    VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use ferry_boot::{bootparams, kernel, regs, GuestMemory};
 use ferry_devices::bus::{self, Bus};
 use ferry_devices::control::{AcpiSleep, BootMarker, ExitStatus, PvPanic};
 use ferry_devices::irq::IrqLine;
 use ferry_devices::legacy::{i8042, serial, Serial, I8042};
+use ferry_devices::pci::{self, msix::MsiSink, PciRoot};
 use ferry_devices::virtio::block::{Block, BlockStats};
 use ferry_devices::virtio::mmio::{self, MmioTransport};
 use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig, NetStats};
+use ferry_devices::virtio::pci::{self as virtio_pci, VirtioPci};
 use ferry_devices::virtio::{Interrupt, VirtioDevice};
 use ferry_devices::vm_end::{ExitReason, VmEnd};
 use ferry_net_passt::Passt;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::IoEventAddress;
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use kvm_ioctls::{Kvm, VmFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::os::unix::thread::JoinHandleExt;
 
-use crate::config::{Console, Disk, Net, VmConfig};
+use crate::config::{Console, Disk, Net, Transport, VmConfig};
 use crate::console::{self, ConsoleInput, RawTerminal};
 use crate::event_loop::{self, EventLoop, HaltWatch, StopPolicy};
 use crate::{kvm, memory, vcpu};
@@ -88,6 +91,9 @@ pub enum Error {
     /// No interrupt line is left for another device.
     #[error("no interrupt line left for device {0}")]
     NoIrq(usize),
+    /// No PCI slot is left for another device.
+    #[error(transparent)]
+    Pci(#[from] pci::Error),
 }
 
 impl Error {
@@ -147,45 +153,95 @@ struct Devices {
     serial: Arc<Mutex<Serial>>,
     keyboard: Arc<Mutex<I8042>>,
     acpi: Vec<AcpiDevice>,
-    virtio_count: usize,
+    transport: VirtioTransport,
+}
+
+/// Where virtio devices go.
+enum VirtioTransport {
+    /// One virtio-mmio window and interrupt line each.
+    Mmio { count: usize },
+    /// A function each on PCI bus 0, interrupting with MSI-X.
+    Pci {
+        root: Arc<Mutex<PciRoot>>,
+        msi: Arc<dyn MsiSink>,
+    },
 }
 
 impl Devices {
-    /// Puts a virtio device on the next virtio-mmio window, with its
-    /// interrupt and queue notifications wired to KVM and its DSDT entry.
+    /// Puts a virtio device on its transport, with its interrupts and
+    /// queue notifications wired to KVM.
     fn add_virtio(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemory,
         device: Box<dyn VirtioDevice>,
     ) -> Result<(), Error> {
-        let index = self.virtio_count;
-        let gsi = VIRTIO_IRQ_START + index as u32;
-        if gsi > IRQ_MAX {
-            return Err(Error::NoIrq(index));
+        match &mut self.transport {
+            VirtioTransport::Mmio { count } => {
+                let index = *count;
+                let acpi = add_virtio_mmio(vm, mem, &mut self.mmio_bus, index, device)?;
+                self.acpi.push(acpi);
+                *count += 1;
+            }
+            VirtioTransport::Pci { root, msi } => {
+                let mut root = root.lock().unwrap_or_else(|p| p.into_inner());
+                let slot = root.next_slot()?;
+                let base = PCI_MMIO_START + slot as u64 * virtio_pci::BAR_SIZE;
+                let function = VirtioPci::new(device, mem.clone(), base as u32, msi.clone())
+                    .map_err(|e| Error::Resource("a virtio-pci function", e))?;
+                for (queue, kick) in function.queue_kicks().iter().enumerate() {
+                    let addr = IoEventAddress::Mmio(base + virtio_pci::notify_offset(queue));
+                    vm.register_ioevent(kick, &addr, NoDatamatch)
+                        .map_err(|e| Error::VmSetup("KVM_IOEVENTFD (virtio)", e))?;
+                }
+                let function = Arc::new(Mutex::new(function));
+                self.mmio_bus
+                    .insert(base, virtio_pci::BAR_SIZE, function.clone())?;
+                root.add(function)?;
+            }
         }
-        let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
-        let line = IrqLine::new(gsi).map_err(|e| Error::Resource("a virtio interrupt", e))?;
-        vm.register_irqfd(line.event(), gsi)
-            .map_err(|e| Error::VmSetup("KVM_IRQFD (virtio)", e))?;
-        let interrupt = Arc::new(Interrupt::new(line));
-        let transport = MmioTransport::new(device, mem.clone(), interrupt)
-            .map_err(|e| Error::Resource("a virtio transport", e))?;
-        for (queue, kick) in transport.queue_kicks().iter().enumerate() {
-            let addr = IoEventAddress::Mmio(base + mmio::QUEUE_NOTIFY_OFFSET);
-            vm.register_ioevent(kick, &addr, queue as u32)
-                .map_err(|e| Error::VmSetup("KVM_IOEVENTFD (virtio)", e))?;
-        }
-        self.mmio_bus
-            .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
-        self.acpi.push(AcpiDevice {
-            hid: "LNRO0005",
-            registers: vec![AcpiRegisters::Mmio(base as u32, VIRTIO_MMIO_SIZE as u32)],
-            irq: Some(gsi),
-        });
-        self.virtio_count += 1;
         Ok(())
     }
+
+    /// The PCI host bridge for the DSDT, if devices are on PCI.
+    fn pci_host_bridge(&self) -> Option<PciHostBridge> {
+        matches!(self.transport, VirtioTransport::Pci { .. }).then_some(PciHostBridge {
+            config_ports: (pci::CONFIG_PORT, pci::CONFIG_PORT_LEN as u8),
+            mmio_window: (PCI_MMIO_START as u32, PCI_MMIO_SIZE as u32),
+        })
+    }
+}
+
+/// Puts a virtio device on virtio-mmio window `index`; returns its DSDT entry.
+fn add_virtio_mmio(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mmio_bus: &mut Bus,
+    index: usize,
+    device: Box<dyn VirtioDevice>,
+) -> Result<AcpiDevice, Error> {
+    let gsi = VIRTIO_IRQ_START + index as u32;
+    if gsi > IRQ_MAX {
+        return Err(Error::NoIrq(index));
+    }
+    let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
+    let line = IrqLine::new(gsi).map_err(|e| Error::Resource("a virtio interrupt", e))?;
+    vm.register_irqfd(line.event(), gsi)
+        .map_err(|e| Error::VmSetup("KVM_IRQFD (virtio)", e))?;
+    let interrupt = Arc::new(Interrupt::new(line));
+    let transport = MmioTransport::new(device, mem.clone(), interrupt)
+        .map_err(|e| Error::Resource("a virtio transport", e))?;
+    for (queue, kick) in transport.queue_kicks().iter().enumerate() {
+        let addr = IoEventAddress::Mmio(base + mmio::QUEUE_NOTIFY_OFFSET);
+        vm.register_ioevent(kick, &addr, queue as u32)
+            .map_err(|e| Error::VmSetup("KVM_IOEVENTFD (virtio)", e))?;
+    }
+    mmio_bus.insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+    Ok(AcpiDevice {
+        hid: "LNRO0005",
+        registers: vec![AcpiRegisters::Mmio(base as u32, VIRTIO_MMIO_SIZE as u32)],
+        irq: Some(gsi),
+    })
 }
 
 /// The running passt, a handle to shut its socket down at the end, and the card's counters.
@@ -270,9 +326,11 @@ fn add_disks(
     Ok(all)
 }
 
-/// Creates the legacy and control devices and wires their interrupts to KVM.
+/// Creates the legacy and control devices and wires their interrupts to
+/// KVM; virtio devices will go on `transport`.
 fn create_devices(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
+    transport: Transport,
     console: &Console,
     console_log: Option<std::fs::File>,
     vm_end: &Arc<VmEnd>,
@@ -338,13 +396,24 @@ fn create_devices(
             irq: None,
         },
     ];
+    let transport = match transport {
+        Transport::Mmio => VirtioTransport::Mmio { count: 0 },
+        Transport::Pci => {
+            let root = Arc::new(Mutex::new(PciRoot::new()));
+            io_bus.insert(pci::CONFIG_PORT.into(), pci::CONFIG_PORT_LEN, root.clone())?;
+            VirtioTransport::Pci {
+                root,
+                msi: Arc::new(kvm::KvmMsi::new(vm.clone())),
+            }
+        }
+    };
     Ok(Devices {
         io_bus,
         mmio_bus,
         serial,
         keyboard,
         acpi,
-        virtio_count: 0,
+        transport,
     })
 }
 
@@ -377,11 +446,12 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
     let entry = load_guest(&mem, &mut config)?;
 
     let kvm = kvm::open(config.allow_pvm)?;
-    let vm = create_vm(&kvm, config.cpus)?;
+    let vm = Arc::new(create_vm(&kvm, config.cpus)?);
     memory::register(&vm, &mem)?;
     let vm_end = Arc::new(VmEnd::new().map_err(|e| Error::Resource("the VM end event", e))?);
     let mut devices = create_devices(
         &vm,
+        config.transport,
         &config.console,
         config.console_log.take(),
         &vm_end,
@@ -400,7 +470,12 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
     )?;
     let disks = add_disks(&vm, &mem, &mut devices, std::mem::take(&mut config.disks))?;
     let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
-    acpi::write_acpi_tables(&mem, config.cpus, &devices.acpi)?;
+    acpi::write_acpi_tables(
+        &mem,
+        config.cpus,
+        &devices.acpi,
+        devices.pci_host_bridge().as_ref(),
+    )?;
     regs::write_boot_tables(&mem)?;
 
     let _raw_terminal = if config.console == Console::Stdio {
