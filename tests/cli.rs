@@ -323,6 +323,22 @@ fn malformed_disk_options_are_refused() {
 }
 
 #[test]
+fn more_devices_than_the_transport_holds_are_refused() {
+    let dir = scratch("many");
+    let image = dir.join("disk.img");
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
+    let spec = format!("{},ro", image.display());
+    let k = kernel();
+    let mut args = vec!["--kernel", &k, "--net", "none"];
+    for _ in 0..32 {
+        args.extend(["--disk", &spec]);
+    }
+    assert_error(&ferry(&args), BAD_CONFIG, "32 virtio devices");
+    args.extend(["--virtio", "mmio"]);
+    assert_error(&ferry(&args), BAD_CONFIG, "--virtio mmio has room for 19");
+}
+
+#[test]
 fn a_disk_in_use_is_refused_unless_both_share_it_read_only() {
     use std::os::fd::AsRawFd;
     let dir = scratch("locked");

@@ -77,6 +77,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// More virtio devices than the transport has room for.
+    #[error("{devices} virtio devices (disks and network card): --virtio {transport} has room for {max}")]
+    TooManyDevices {
+        /// Devices asked for.
+        devices: usize,
+        /// The transport's name.
+        transport: &'static str,
+        /// Its room.
+        max: usize,
+    },
     /// The virtio transport is unknown.
     #[error("--virtio {0}: use pci or mmio")]
     Virtio(String),
@@ -157,6 +167,24 @@ pub fn publish_to_passt(spec: &str) -> Result<[String; 2], Error> {
 }
 
 impl Transport {
+    /// How many virtio devices fit: PCI slots after the host bridge, or
+    /// interrupt lines after the legacy devices'.
+    pub fn max_devices(self) -> usize {
+        use ferry_boot::layout::{IRQ_MAX, VIRTIO_IRQ_START};
+        match self {
+            Transport::Pci => ferry_devices::pci::SLOTS - 1,
+            Transport::Mmio => (IRQ_MAX - VIRTIO_IRQ_START + 1) as usize,
+        }
+    }
+
+    /// Its `--virtio` name.
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Pci => "pci",
+            Transport::Mmio => "mmio",
+        }
+    }
+
     /// The transport `--virtio` names.
     fn from_cli(name: &str) -> Result<Self, Error> {
         match name {
@@ -388,6 +416,14 @@ impl VmConfig {
             .collect::<Result<Vec<_>, _>>()?;
         let transport = Transport::from_cli(&cli.virtio)?;
         let net = Net::from_cli(cli)?;
+        let devices = specs.len() + usize::from(net != Net::None);
+        if devices > transport.max_devices() {
+            return Err(Error::TooManyDevices {
+                devices,
+                transport: transport.name(),
+                max: transport.max_devices(),
+            });
+        }
         let kernel = open_file("kernel", &cli.kernel)?;
         let initrd = cli
             .initrd

@@ -5,6 +5,8 @@
 
 /// Size of a conventional configuration space.
 pub const CONFIG_SIZE: usize = 256;
+/// Offset of BAR 0; BAR n is 4 n bytes further.
+pub const BAR0: usize = reg::BAR0;
 
 /// Header offsets.
 mod reg {

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::core::VirtioCore;
 use super::{Interrupt, VirtioDevice};
 use crate::bus::BusDevice;
-use crate::pci::config::{ConfigSpace, Identity};
+use crate::pci::config::{self, ConfigSpace, Identity};
 use crate::pci::msix::{self, MsiSink, Msix};
 use crate::pci::{PciFunction, CAP_MSIX, CAP_VENDOR};
 use crate::GuestMemory;
@@ -355,10 +355,11 @@ impl VirtioPci {
     /// An access through the PCI configuration access capability's window:
     /// the BAR access that its bar, offset and length fields describe.
     fn pci_cfg_window(&self) -> Option<(u64, usize)> {
-        let bar = self.config.word(self.pci_cfg + 4) as u8;
+        let mut bar = [0u8];
+        self.config.read(self.pci_cfg + 4, &mut bar);
         let offset = u64::from(self.config.dword(self.pci_cfg + 8));
         let length = self.config.dword(self.pci_cfg + 12) as usize;
-        (bar == 0 && matches!(length, 1 | 2 | 4) && offset + length as u64 <= BAR_SIZE)
+        (bar[0] == 0 && matches!(length, 1 | 2 | 4) && offset + length as u64 <= BAR_SIZE)
             .then_some((offset, length))
     }
 
@@ -385,7 +386,7 @@ impl PciFunction for VirtioPci {
         if Self::touches(offset, data.len(), self.msix_control, 2) {
             self.msix.set_control(self.config.word(self.msix_control));
         }
-        if Self::touches(offset, data.len(), 0x10, 4) {
+        if Self::touches(offset, data.len(), config::BAR0, 4) {
             let address = self.config.bar_address(0);
             let sizing = address == !(BAR_SIZE as u32 - 1);
             if address != self.bar_address && !sizing {
