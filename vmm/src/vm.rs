@@ -185,19 +185,7 @@ impl Devices {
             }
             VirtioTransport::Pci { root, msi } => {
                 let mut root = root.lock().unwrap_or_else(|p| p.into_inner());
-                let slot = root.next_slot()?;
-                let base = PCI_MMIO_START + slot as u64 * virtio_pci::BAR_SIZE;
-                let function = VirtioPci::new(device, mem.clone(), base as u32, msi.clone())
-                    .map_err(|e| Error::Resource("a virtio-pci function", e))?;
-                for (queue, kick) in function.queue_kicks().iter().enumerate() {
-                    let addr = IoEventAddress::Mmio(base + virtio_pci::notify_offset(queue));
-                    vm.register_ioevent(kick, &addr, NoDatamatch)
-                        .map_err(|e| Error::VmSetup("KVM_IOEVENTFD (virtio)", e))?;
-                }
-                let function = Arc::new(Mutex::new(function));
-                self.mmio_bus
-                    .insert(base, virtio_pci::BAR_SIZE, function.clone())?;
-                root.add(function)?;
+                add_virtio_pci(vm, mem, &mut self.mmio_bus, &mut root, msi, device)?;
             }
         }
         Ok(())
@@ -210,6 +198,31 @@ impl Devices {
             mmio_window: (PCI_MMIO_START as u32, PCI_MMIO_SIZE as u32),
         })
     }
+}
+
+/// Puts a virtio device in the next slot of PCI bus 0, its BAR in the PCI
+/// window; its MSI messages go to `msi`.
+fn add_virtio_pci(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    mmio_bus: &mut Bus,
+    root: &mut PciRoot,
+    msi: &Arc<dyn MsiSink>,
+    device: Box<dyn VirtioDevice>,
+) -> Result<(), Error> {
+    let slot = root.next_slot()?;
+    let base = PCI_MMIO_START + slot as u64 * virtio_pci::BAR_SIZE;
+    let function = VirtioPci::new(device, mem.clone(), base as u32, msi.clone())
+        .map_err(|e| Error::Resource("a virtio-pci function", e))?;
+    for (queue, kick) in function.queue_kicks().iter().enumerate() {
+        let addr = IoEventAddress::Mmio(base + virtio_pci::notify_offset(queue));
+        vm.register_ioevent(kick, &addr, NoDatamatch)
+            .map_err(|e| Error::VmSetup("KVM_IOEVENTFD (virtio)", e))?;
+    }
+    let function = Arc::new(Mutex::new(function));
+    mmio_bus.insert(base, virtio_pci::BAR_SIZE, function.clone())?;
+    root.add(function)?;
+    Ok(())
 }
 
 /// Puts a virtio device on virtio-mmio window `index`; returns its DSDT entry.
