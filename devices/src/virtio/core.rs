@@ -12,6 +12,18 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{status, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::GuestMemory;
 
+/// The three parts of a queue whose guest addresses the driver writes,
+/// each as two 32-bit halves.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Ring {
+    /// The descriptor table.
+    Descriptors,
+    /// The driver (available) ring.
+    Driver,
+    /// The device (used) ring.
+    Device,
+}
+
 /// A virtio device and the driver-visible state around it.
 pub(super) struct VirtioCore {
     device: Box<dyn VirtioDevice>,
@@ -111,6 +123,24 @@ impl VirtioCore {
             return None;
         }
         self.queues.get_mut(self.queue_select as usize)
+    }
+
+    /// The driver writes the low or `high` half of the selected queue's
+    /// `ring` address (ignored once the device runs).
+    pub(super) fn set_queue_address(&mut self, ring: Ring, high: bool, value: u32) {
+        let Some(q) = self.configurable_queue() else {
+            return;
+        };
+        let (low_half, high_half) = if high {
+            (None, Some(value))
+        } else {
+            (Some(value), None)
+        };
+        match ring {
+            Ring::Descriptors => q.set_desc_table_address(low_half, high_half),
+            Ring::Driver => q.set_avail_ring_address(low_half, high_half),
+            Ring::Device => q.set_used_ring_address(low_half, high_half),
+        }
     }
 
     /// The 32 bits of the device's features that the selector picks.

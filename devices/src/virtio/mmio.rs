@@ -7,7 +7,7 @@ use std::sync::Arc;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::core::VirtioCore;
+use super::core::{Ring, VirtioCore};
 use super::{Interrupt, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::GuestMemory;
@@ -113,18 +113,14 @@ impl MmioTransport {
                     q.set_ready(value == 1);
                 }
             }
-            reg::QUEUE_DESC_LOW..=reg::QUEUE_DEVICE_HIGH => {
-                if let Some(q) = core.configurable_queue() {
-                    match offset {
-                        reg::QUEUE_DESC_LOW => q.set_desc_table_address(Some(value), None),
-                        reg::QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(value)),
-                        reg::QUEUE_DRIVER_LOW => q.set_avail_ring_address(Some(value), None),
-                        reg::QUEUE_DRIVER_HIGH => q.set_avail_ring_address(None, Some(value)),
-                        reg::QUEUE_DEVICE_LOW => q.set_used_ring_address(Some(value), None),
-                        reg::QUEUE_DEVICE_HIGH => q.set_used_ring_address(None, Some(value)),
-                        _ => {}
-                    }
-                }
+            reg::QUEUE_DESC_LOW | reg::QUEUE_DESC_HIGH => {
+                core.set_queue_address(Ring::Descriptors, offset == reg::QUEUE_DESC_HIGH, value)
+            }
+            reg::QUEUE_DRIVER_LOW | reg::QUEUE_DRIVER_HIGH => {
+                core.set_queue_address(Ring::Driver, offset == reg::QUEUE_DRIVER_HIGH, value)
+            }
+            reg::QUEUE_DEVICE_LOW | reg::QUEUE_DEVICE_HIGH => {
+                core.set_queue_address(Ring::Device, offset == reg::QUEUE_DEVICE_HIGH, value)
             }
             // Reached only when no ioeventfd took the write.
             reg::QUEUE_NOTIFY => core.notify(value),

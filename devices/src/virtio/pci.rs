@@ -12,7 +12,7 @@ use std::sync::Arc;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::core::VirtioCore;
+use super::core::{Ring, VirtioCore};
 use super::{Interrupt, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::pci::config::{self, ConfigSpace, Identity};
@@ -284,18 +284,14 @@ impl VirtioPci {
                     }
                 }
             }
-            (common::QUEUE_DESC_LO..=common::QUEUE_DEVICE_HI, 4) => {
-                if let Some(q) = core.configurable_queue() {
-                    match offset {
-                        common::QUEUE_DESC_LO => q.set_desc_table_address(Some(value), None),
-                        common::QUEUE_DESC_HI => q.set_desc_table_address(None, Some(value)),
-                        common::QUEUE_DRIVER_LO => q.set_avail_ring_address(Some(value), None),
-                        common::QUEUE_DRIVER_HI => q.set_avail_ring_address(None, Some(value)),
-                        common::QUEUE_DEVICE_LO => q.set_used_ring_address(Some(value), None),
-                        common::QUEUE_DEVICE_HI => q.set_used_ring_address(None, Some(value)),
-                        _ => {}
-                    }
-                }
+            (common::QUEUE_DESC_LO | common::QUEUE_DESC_HI, 4) => {
+                core.set_queue_address(Ring::Descriptors, offset == common::QUEUE_DESC_HI, value)
+            }
+            (common::QUEUE_DRIVER_LO | common::QUEUE_DRIVER_HI, 4) => {
+                core.set_queue_address(Ring::Driver, offset == common::QUEUE_DRIVER_HI, value)
+            }
+            (common::QUEUE_DEVICE_LO | common::QUEUE_DEVICE_HI, 4) => {
+                core.set_queue_address(Ring::Device, offset == common::QUEUE_DEVICE_HI, value)
             }
             _ => log::debug!(
                 "virtio-pci: ignored {}-byte write at common 0x{offset:x}",
