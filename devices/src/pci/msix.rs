@@ -226,19 +226,22 @@ impl Msix {
     }
 }
 
+/// An [`MsiSink`] for tests: it keeps every message, in order.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Recorder(pub(crate) Mutex<Vec<(u64, u32)>>);
+
+#[cfg(test)]
+impl MsiSink for Recorder {
+    fn send(&self, address: u64, data: u32) -> std::io::Result<()> {
+        self.0.lock().unwrap().push((address, data));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, u32)>>);
-
-    impl MsiSink for Recorder {
-        fn send(&self, address: u64, data: u32) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((address, data));
-            Ok(())
-        }
-    }
 
     fn program(msix: &Msix, vector: u64, address: u64, data: u32) {
         msix.write_table(vector * ENTRY_SIZE, &address.to_le_bytes());

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::block::VIRTIO_ID_BLOCK;
 use super::core::{Ring, VirtioCore};
+use super::net::VIRTIO_ID_NET;
 use super::{Interrupt, VirtioDevice};
 use crate::bus::BusDevice;
 use crate::pci::config::{self, ConfigSpace, Identity};
@@ -86,8 +88,8 @@ mod common {
 /// The PCI class of a virtio device type.
 fn class_of(device_type: u32) -> u32 {
     match device_type {
-        1 => 0x02_0000, // network controller, Ethernet
-        2 => 0x01_8000, // mass storage, other
+        VIRTIO_ID_NET => 0x02_0000,   // network controller, Ethernet
+        VIRTIO_ID_BLOCK => 0x01_8000, // mass storage, other
         _ => 0xff_0000,
     }
 }
@@ -415,28 +417,18 @@ impl BusDevice for VirtioPci {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pci::msix::Recorder;
     use crate::virtio::status;
     use crate::virtio::test_device::{Probe, Record};
-    use std::sync::Mutex;
     use vm_memory::GuestAddress;
 
     const BAR: u32 = 0xe000_8000;
 
-    #[derive(Default)]
-    struct Messages(Mutex<Vec<(u64, u32)>>);
-
-    impl MsiSink for Messages {
-        fn send(&self, address: u64, data: u32) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((address, data));
-            Ok(())
-        }
-    }
-
-    fn function() -> (VirtioPci, Record, Arc<Messages>) {
+    fn function() -> (VirtioPci, Record, Arc<Recorder>) {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let probe = Probe::default();
         let record = (probe.activations.clone(), probe.resets.clone());
-        let sink = Arc::new(Messages::default());
+        let sink = Arc::new(Recorder::default());
         let f = VirtioPci::new(Box::new(probe), mem, BAR, sink.clone()).unwrap();
         (f, record, sink)
     }
