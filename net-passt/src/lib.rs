@@ -14,4 +14,4 @@ pub mod writer;
 
 pub use frame::{Decoder, FrameError, MAX_FRAME_LEN, MIN_FRAME_LEN, PREFIX_LEN};
 pub use launcher::{Passt, PasstConfig};
-pub use writer::{FrameWriter, OutFrame};
+pub use writer::{FrameWriter, OutFrame, Written};

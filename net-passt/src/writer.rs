@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Writing frames to passt: each frame's length prefix and segments go
 //! out in one `writev`, small frames several to a `writev`. A short write
-//! never tears the stream: the unsent rest of a started frame is copied
-//! aside and goes out first on the next call.
+//! never tears the stream: the writer holds the frame it started and
+//! sends its rest, straight from the frame's own memory, before anything
+//! else.
 //!
 //! Why a large frame travels alone: passt (2023 releases) finishes a frame
 //! it read only in part with a single further `recv`. The kernel queues a
@@ -49,7 +50,8 @@ impl OutFrame {
     ///
     /// # Safety
     /// Every segment must point to readable memory of its length that
-    /// stays mapped until the frame has been passed to [`FrameWriter::write`].
+    /// stays mapped as long as the frame lives (a [`FrameWriter`] may hold
+    /// it until its rest is out).
     pub unsafe fn new(segments: Vec<libc::iovec>) -> Self {
         let len = segments.iter().map(|s| s.iov_len).sum();
         Self {
@@ -113,21 +115,6 @@ impl OutFrame {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// Copies bytes `from..` of the frame into `out`.
-    fn copy_tail(&self, mut from: usize, out: &mut Vec<u8>) {
-        for seg in &self.segments {
-            if from >= seg.iov_len {
-                from -= seg.iov_len;
-                continue;
-            }
-            // SAFETY: the constructor's contract: the segment is readable for its length.
-            let bytes =
-                unsafe { std::slice::from_raw_parts(seg.iov_base as *const u8, seg.iov_len) };
-            out.extend_from_slice(&bytes[from..]);
-            from = 0;
-        }
-    }
 }
 
 /// Something frames can be written to with `writev`.
@@ -159,11 +146,59 @@ impl VectoredSink for FdSink {
     }
 }
 
-/// Frames out to passt, with the tail of a partly written frame kept aside.
+/// A frame the socket took only in part.
+#[derive(Debug)]
+struct Started {
+    prefix: [u8; PREFIX_LEN],
+    frame: OutFrame,
+    /// Bytes of it (prefix included) already out.
+    sent: usize,
+}
+
+impl Started {
+    /// What is still to go out, as iovecs into the prefix and the frame.
+    fn rest(&self) -> Vec<libc::iovec> {
+        let prefix = libc::iovec {
+            iov_base: self.prefix.as_ptr() as *mut libc::c_void,
+            iov_len: PREFIX_LEN,
+        };
+        let mut skip = self.sent;
+        let mut iov = Vec::with_capacity(self.frame.segments.len() + 1);
+        for seg in std::iter::once(prefix).chain(self.frame.segments.iter().copied()) {
+            if skip >= seg.iov_len {
+                skip -= seg.iov_len;
+                continue;
+            }
+            iov.push(libc::iovec {
+                // SAFETY: `skip` is inside the segment.
+                iov_base: unsafe { (seg.iov_base as *mut u8).add(skip) } as *mut libc::c_void,
+                iov_len: seg.iov_len - skip,
+            });
+            skip = 0;
+        }
+        iov
+    }
+
+    fn is_done(&self) -> bool {
+        self.sent >= PREFIX_LEN + self.frame.len
+    }
+}
+
+/// What one [`FrameWriter::write`] did with the frames it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// How many frames, from the first, went out whole.
+    pub whole: usize,
+    /// Whether the frame after those went out in part: the writer holds it,
+    /// and its memory must stay as it is, until [`FrameWriter::flush`]
+    /// returns true. The frames after it were not touched.
+    pub started: bool,
+}
+
+/// Frames out to passt, holding a partly written frame until its rest is out.
 #[derive(Debug, Default)]
 pub struct FrameWriter {
-    pending: Vec<u8>,
-    sent: usize,
+    started: Option<Started>,
 }
 
 impl FrameWriter {
@@ -174,57 +209,59 @@ impl FrameWriter {
 
     /// Whether part of a frame still waits to go out.
     pub fn has_pending(&self) -> bool {
-        self.sent < self.pending.len()
+        self.started.is_some()
     }
 
-    /// Sends what is pending; true once nothing is.
+    /// Sends the rest of a started frame; true once nothing is pending (the
+    /// frame is then out whole and the writer no longer holds it).
     pub fn flush<S: VectoredSink>(&mut self, sink: &mut S) -> io::Result<bool> {
-        while self.has_pending() {
-            let rest = &self.pending[self.sent..];
-            let iov = [libc::iovec {
-                iov_base: rest.as_ptr() as *mut libc::c_void,
-                iov_len: rest.len(),
-            }];
-            match sink.writev(&iov) {
-                Ok(n) => self.sent += n,
+        while let Some(started) = self.started.as_mut() {
+            if started.is_done() {
+                self.started = None;
+                break;
+            }
+            match sink.writev(&started.rest()) {
+                Ok(n) => started.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        self.pending.clear();
-        self.sent = 0;
         Ok(true)
     }
 
-    /// Writes as many of `frames` as the sink takes, in order, after what
-    /// is pending. Returns how many frames were taken: written whole, or
-    /// started with their rest kept aside. Frames not taken were not touched.
-    /// A frame whose length passt cannot carry is an error before anything is written.
+    /// Writes as many of `frames` as the sink takes, in order; frames it
+    /// does not take are dropped untouched. Nothing is written while a
+    /// started frame is pending ([`FrameWriter::flush`] first). A frame
+    /// whose length passt cannot carry is an error before anything is written.
     pub fn write<S: VectoredSink>(
         &mut self,
         sink: &mut S,
-        frames: &[OutFrame],
-    ) -> io::Result<usize> {
-        if !self.flush(sink)? {
-            return Ok(0);
+        frames: Vec<OutFrame>,
+    ) -> io::Result<Written> {
+        let mut done = Written {
+            whole: 0,
+            started: false,
+        };
+        if self.has_pending() {
+            return Ok(done);
         }
         let mut prefixes = Vec::with_capacity(frames.len());
-        for f in frames {
+        for f in &frames {
             let p = frame::prefix(f.len)
                 .map_err(|e: FrameError| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             prefixes.push(p);
         }
-        let mut taken = 0;
-        while taken < frames.len() {
+        while done.whole < frames.len() {
             // One writev: a frame alone, or whole frames that share one
             // kernel chunk and the iovec limit.
+            let first = done.whole;
             let mut iov = Vec::new();
             let mut bytes = 0;
-            let mut batch_end = taken;
+            let mut batch_end = first;
             while batch_end < frames.len()
                 && iov.len() + 1 + frames[batch_end].segments.len() <= MAX_IOVECS
-                && (batch_end == taken
+                && (batch_end == first
                     || bytes + PREFIX_LEN + frames[batch_end].len <= SHARED_WRITE_MAX)
             {
                 bytes += PREFIX_LEN + frames[batch_end].len;
@@ -235,7 +272,7 @@ impl FrameWriter {
                 iov.extend_from_slice(&frames[batch_end].segments);
                 batch_end += 1;
             }
-            if batch_end == taken {
+            if batch_end == first {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "a frame has too many segments",
@@ -243,35 +280,34 @@ impl FrameWriter {
             }
             let mut written = match sink.writev(&iov) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(taken),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(done),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             // Walk the frames this write covered.
-            let batch_start = taken;
-            for i in batch_start..batch_end {
+            for (i, prefix) in prefixes.iter().enumerate().take(batch_end).skip(first) {
                 let total = PREFIX_LEN + frames[i].len;
                 if written >= total {
                     written -= total;
+                    done.whole += 1;
                     continue;
                 }
                 if written > 0 {
-                    // Started, not finished: keep its rest aside; it counts as taken.
-                    self.pending.clear();
-                    self.sent = 0;
-                    if written < PREFIX_LEN {
-                        self.pending.extend_from_slice(&prefixes[i][written..]);
-                        frames[i].copy_tail(0, &mut self.pending);
-                    } else {
-                        frames[i].copy_tail(written - PREFIX_LEN, &mut self.pending);
+                    // Started, not finished: hold it; its rest goes out first.
+                    let prefix = *prefix;
+                    if let Some(frame) = frames.into_iter().nth(i) {
+                        self.started = Some(Started {
+                            prefix,
+                            frame,
+                            sent: written,
+                        });
+                        done.started = true;
                     }
-                    return Ok(i + 1);
                 }
-                return Ok(i);
+                return Ok(done);
             }
-            taken = batch_end;
         }
-        Ok(taken)
+        Ok(done)
     }
 }
 
@@ -346,6 +382,12 @@ mod tests {
         let b = vec![7u8; 1500];
         let c = vec![9u8; 20];
         let expected = vec![a.clone(), [b.clone(), c.clone()].concat(), c.clone()];
+        let frames_from = |next: usize| {
+            [out_frame(&[&a]), out_frame(&[&b, &c]), out_frame(&[&c])]
+                .into_iter()
+                .skip(next)
+                .collect::<Vec<_>>()
+        };
         for limits in [
             vec![1],
             vec![2, 0],
@@ -360,16 +402,51 @@ mod tests {
                 calls: 0,
             };
             let mut writer = FrameWriter::new();
-            let frames = [out_frame(&[&a]), out_frame(&[&b, &c]), out_frame(&[&c])];
             let mut next = 0;
             let mut rounds = 0;
-            while next < frames.len() || writer.has_pending() {
-                next += writer.write(&mut sink, &frames[next..]).unwrap();
+            while next < 3 || writer.has_pending() {
                 rounds += 1;
                 assert!(rounds < 10_000, "no progress with limits {limits:?}");
+                if !writer.flush(&mut sink).unwrap() || next == 3 {
+                    continue;
+                }
+                let written = writer.write(&mut sink, frames_from(next)).unwrap();
+                assert_eq!(written.started, writer.has_pending());
+                next += written.whole + usize::from(written.started);
             }
             assert_eq!(decode(&sink.out), expected, "limits {limits:?}");
         }
+    }
+
+    #[test]
+    fn a_started_frame_is_held_and_nothing_else_goes_out_before_its_rest() {
+        let a = vec![1u8; 100];
+        let b = vec![2u8; 30];
+        let mut sink = Choppy {
+            out: Vec::new(),
+            limits: vec![10, 0],
+            calls: 0,
+        };
+        let mut writer = FrameWriter::new();
+        let written = writer
+            .write(&mut sink, vec![out_frame(&[&a]), out_frame(&[&b])])
+            .unwrap();
+        assert_eq!(
+            written,
+            Written {
+                whole: 0,
+                started: true
+            }
+        );
+        // While the rest waits, new frames are not written at all.
+        let calls = sink.calls;
+        let refused = writer.write(&mut sink, vec![out_frame(&[&b])]).unwrap();
+        assert_eq!(refused.whole + usize::from(refused.started), 0);
+        assert_eq!(sink.calls, calls);
+        sink.limits = vec![usize::MAX];
+        assert!(writer.flush(&mut sink).unwrap());
+        assert!(!writer.has_pending());
+        assert_eq!(decode(&sink.out), vec![a]);
     }
 
     /// A sink that takes everything and records the size of each `writev`.
@@ -401,8 +478,9 @@ mod tests {
         let parts: Vec<&[u8]> = vec![&ack, &ack, &big, &big, &ack, &mid, &mid, &ack, &ack];
         let frames: Vec<OutFrame> = parts.iter().map(|p| out_frame(&[p])).collect();
         let mut sink = Recording::default();
-        let taken = FrameWriter::new().write(&mut sink, &frames).unwrap();
-        assert_eq!(taken, frames.len());
+        let count = frames.len();
+        let written = FrameWriter::new().write(&mut sink, frames).unwrap();
+        assert_eq!(written.whole, count);
         let sizes: Vec<usize> = parts.iter().map(|p| PREFIX_LEN + p.len()).collect();
         assert_eq!(
             sink.writes,
@@ -433,17 +511,15 @@ mod tests {
             assert!(frame.overlay(at, [0xaa, 0xbb]));
             assert_eq!(frame.len(), 20);
             assert!(!frame.overlay(0, [1, 1]), "one overlay per frame");
-            // Six bytes a call: the frame is torn, its rest (overlay
-            // included) copied aside and sent by later flushes.
+            // Six bytes a call: the frame is torn, the writer holds it
+            // (overlay included) and later flushes send its rest.
             let mut sink = Choppy {
                 out: Vec::new(),
                 limits: vec![6],
                 calls: 0,
             };
-            let moved = vec![frame];
             let mut writer = FrameWriter::new();
-            assert_eq!(writer.write(&mut sink, &moved).unwrap(), 1);
-            drop(moved);
+            assert!(writer.write(&mut sink, vec![frame]).unwrap().started);
             while !writer.flush(&mut sink).unwrap() {}
             assert_eq!(decode(&sink.out), vec![with(at)], "overlay at {at}");
         }
@@ -462,7 +538,14 @@ mod tests {
             calls: 0,
         };
         let mut writer = FrameWriter::new();
-        assert_eq!(writer.write(&mut sink, &[out_frame(&[&a])]).unwrap(), 0);
+        let written = writer.write(&mut sink, vec![out_frame(&[&a])]).unwrap();
+        assert_eq!(
+            written,
+            Written {
+                whole: 0,
+                started: false
+            }
+        );
         assert!(!writer.has_pending());
         assert!(sink.out.is_empty());
     }
@@ -477,8 +560,8 @@ mod tests {
             calls: 0,
         };
         let mut writer = FrameWriter::new();
-        assert!(writer.write(&mut sink, &[out_frame(&[&big])]).is_err());
-        assert!(writer.write(&mut sink, &[out_frame(&[&tiny])]).is_err());
+        assert!(writer.write(&mut sink, vec![out_frame(&[&big])]).is_err());
+        assert!(writer.write(&mut sink, vec![out_frame(&[&tiny])]).is_err());
         assert!(sink.out.is_empty());
     }
 }

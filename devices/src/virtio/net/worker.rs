@@ -9,9 +9,11 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use ferry_net_passt::writer::FdSink;
@@ -243,6 +245,10 @@ const STOP: u32 = 3;
 
 /// Most TX chains gathered for one round of writes.
 const TX_BATCH: usize = 64;
+
+/// How long a stopping data path waits for passt to take the rest of a
+/// started frame.
+const FINISH_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most segment lists kept for reuse: one per entry of the largest RX ring.
 const SPARE_SEGMENT_LISTS: usize = 256;
 /// Read buffer for passt's stream: several largest frames, so that one
@@ -264,6 +270,9 @@ pub struct NetWorker {
     p: Link,
     decoder: Decoder,
     writer: FrameWriter,
+    /// The TX chain (head, frame length) whose frame the writer holds,
+    /// started but not finished: it is used once the rest is out.
+    tx_started: Option<(u16, usize)>,
     rx: RxSide,
     rx_blocked: bool,
     tx_blocked: bool,
@@ -277,6 +286,7 @@ impl NetWorker {
         Self {
             decoder: Decoder::new(RX_BUFFER),
             writer: FrameWriter::new(),
+            tx_started: None,
             rx: RxSide {
                 id: parts.id,
                 queue: parts.rx_queue,
@@ -310,7 +320,44 @@ impl NetWorker {
     /// Runs until told to stop; hands the backend back (if it still works).
     pub fn run(self) -> Option<UnixStream> {
         let name = format!("net{}", self.p.id);
-        run_until_stopped(&name, self, |w| w.stopped).and_then(|w| w.p.backend)
+        let mut worker = run_until_stopped(&name, self, |w| w.stopped)?;
+        worker.finish_started_frame();
+        worker.p.backend
+    }
+
+    /// Sends the rest of a frame started on passt's stream before the
+    /// stream is handed on (after a reset, to the next data path): a torn
+    /// frame would make passt lose its place. A stream that does not take
+    /// the rest within [`FINISH_TIMEOUT`] is dropped instead.
+    fn finish_started_frame(&mut self) {
+        let Some(stream) = self.p.backend.as_ref() else {
+            return;
+        };
+        let deadline = Instant::now() + FINISH_TIMEOUT;
+        let mut sink = FdSink::from(stream);
+        loop {
+            match self.writer.flush(&mut sink) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(_) => break,
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut poll = libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, for the duration of the call.
+            unsafe { libc::poll(&mut poll, 1, left.as_millis().max(1) as libc::c_int) };
+        }
+        log::warn!(
+            "net{}: passt did not take the rest of a frame; closing its connection",
+            self.p.id
+        );
+        self.p.backend = None;
     }
 
     /// passt's stream broke: the link goes down, the guest is told, the VM runs on.
@@ -341,7 +388,12 @@ impl NetWorker {
             };
             let mut sink = FdSink::from(stream);
             match self.writer.flush(&mut sink) {
-                Ok(true) => {}
+                Ok(true) => {
+                    if let Some((head, len)) = self.tx_started.take() {
+                        self.tx_sent(&mem, head, len);
+                        used_any = true;
+                    }
+                }
                 Ok(false) => {
                     self.tx_blocked = true;
                     bump(&self.p.stats.tx_waits, 1);
@@ -406,28 +458,36 @@ impl NetWorker {
                     }
                 }
             }
-            let taken = match self.writer.write(&mut sink, &frames) {
-                Ok(n) => n,
+            let lens: Vec<usize> = frames.iter().map(OutFrame::len).collect();
+            let written = match self.writer.write(&mut sink, frames) {
+                Ok(written) => written,
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                     // Cannot happen: chain lengths were checked; drop the batch rather than loop.
                     log::warn!("net{}: {e}", self.p.id);
-                    frames.len()
+                    for head in &heads {
+                        self.add_used_tx(&mem, *head);
+                    }
+                    used_any = true;
+                    continue;
                 }
                 Err(e) => {
                     // Put the unsent chains back before the link goes down (they are dropped there).
-                    self.rewind_tx(frames.len());
+                    self.rewind_tx(heads.len());
                     self.backend_lost(&format!("write: {e}"), ops);
                     return;
                 }
             };
-            for (head, frame) in heads.iter().zip(&frames).take(taken) {
-                self.add_used_tx(&mem, *head);
-                bump(&self.p.stats.tx_frames, 1);
-                bump(&self.p.stats.tx_bytes, frame.len() as u64);
+            for (head, len) in heads.iter().zip(&lens).take(written.whole) {
+                self.tx_sent(&mem, *head, *len);
             }
-            used_any |= taken > 0;
-            if taken < frames.len() || self.writer.has_pending() {
-                self.rewind_tx(frames.len() - taken);
+            used_any |= written.whole > 0;
+            let mut unsent = heads.len() - written.whole;
+            if written.started {
+                self.tx_started = Some((heads[written.whole], lens[written.whole]));
+                unsent -= 1;
+            }
+            if unsent > 0 || written.started {
+                self.rewind_tx(unsent);
                 self.tx_blocked = true;
                 bump(&self.p.stats.tx_waits, 1);
                 break;
@@ -446,9 +506,21 @@ impl NetWorker {
         self.p.tx_queue.set_next_avail(next);
     }
 
-    /// Without passt, TX chains are consumed and dropped.
+    /// A TX chain's frame is out whole: the chain is used and counted.
+    fn tx_sent(&mut self, mem: &GuestMemory, head: u16, len: usize) {
+        self.add_used_tx(mem, head);
+        bump(&self.p.stats.tx_frames, 1);
+        bump(&self.p.stats.tx_bytes, len as u64);
+    }
+
+    /// Without passt, TX chains (one the writer held included) are consumed and dropped.
     fn drop_tx(&mut self, mem: &GuestMemory) -> bool {
         let mut any = false;
+        if let Some((head, _)) = self.tx_started.take() {
+            self.add_used_tx(mem, head);
+            bump(&self.p.stats.tx_dropped, 1);
+            any = true;
+        }
         while let Some(chain) = self.p.tx_queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             self.add_used_tx(mem, head);
@@ -636,6 +708,7 @@ impl MutEventSubscriber for NetWorker {
 mod tests {
     use super::*;
     use crate::irq::IrqLine;
+    use ferry_net_passt::PREFIX_LEN;
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -797,6 +870,112 @@ mod tests {
             h.finish().is_some(),
             "the backend comes back when the worker stops"
         );
+    }
+
+    /// Frames of [`BIG`] bytes, [`BIG_COUNT`] of them: more than the socket takes while passt does not read.
+    const BIG: usize = 60_000;
+    const BIG_COUNT: u16 = 8;
+
+    /// The bytes of big frame `i`.
+    fn big_frame(i: u16) -> Vec<u8> {
+        (0..BIG).map(|b| (b as u8) ^ (i as u8)).collect()
+    }
+
+    /// Queues the big frames on the TX ring, kicks, and waits until the
+    /// socket is full; returns the bytes queued in it for passt.
+    fn fill_socket(mem: &GuestMemory, txq: &Mock, h: &Harness) -> usize {
+        let frame_at = |i: u16| 0x10_0000 + u64::from(i) * 0x1_0000;
+        let mut chains = Vec::new();
+        for i in 0..BIG_COUNT {
+            mem.write_slice(&[0u8; NET_HDR_LEN], GuestAddress(frame_at(i)))
+                .unwrap();
+            mem.write_slice(
+                &big_frame(i),
+                GuestAddress(frame_at(i) + NET_HDR_LEN as u64),
+            )
+            .unwrap();
+            // One descriptor each: a chain per frame.
+            chains.push(desc(frame_at(i), (NET_HDR_LEN + BIG) as u32, 0, 0));
+        }
+        txq.build_multiple_desc_chains(&chains).unwrap();
+        h.tx_kick.write(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.stats.tx_waits.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the socket never filled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, to `queued`.
+        let rc = unsafe { libc::ioctl(h.peer.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        assert_eq!(rc, 0);
+        queued as usize
+    }
+
+    /// Reads big frame `i` as passt would, checking its prefix and bytes.
+    fn read_big_frame(peer: &UnixStream, i: u16) {
+        let mut got = vec![0u8; PREFIX_LEN + BIG];
+        (&*peer).read_exact(&mut got).unwrap();
+        assert_eq!(&got[..PREFIX_LEN], &(BIG as u32).to_be_bytes());
+        assert!(got[PREFIX_LEN..] == big_frame(i)[..], "frame {i} garbled");
+    }
+
+    #[test]
+    fn a_frame_passt_takes_in_part_is_used_only_once_its_rest_is_out() {
+        let mem = memory();
+        let (rxq, txq) = rings(&mem);
+        let h = harness(&mem, &rxq, &txq, true);
+        let queued = fill_socket(&mem, &txq, &h);
+        let used = h.used_idx(TX_RING);
+        assert!(used < BIG_COUNT);
+        assert!(
+            usize::from(used) * (PREFIX_LEN + BIG) <= queued,
+            "{used} chains used, but only {queued} bytes are in the socket"
+        );
+        // passt reads: every frame arrives whole and in order, and every chain is used.
+        for i in 0..BIG_COUNT {
+            read_big_frame(&h.peer, i);
+        }
+        h.wait_used(TX_RING, BIG_COUNT);
+        assert_eq!(
+            h.stats.tx_frames.load(Ordering::Relaxed),
+            u64::from(BIG_COUNT)
+        );
+        assert!(h.finish().is_some());
+    }
+
+    #[test]
+    fn a_stopping_data_path_finishes_its_started_frame_or_drops_the_stream() {
+        // passt reads on: the stream is handed back ending on a frame boundary.
+        let mem = memory();
+        let (rxq, txq) = rings(&mem);
+        let mut h = harness(&mem, &rxq, &txq, true);
+        let queued = fill_socket(&mem, &txq, &h);
+        assert_ne!(queued % (PREFIX_LEN + BIG), 0, "a frame is started");
+        h.stop.write(1).unwrap();
+        let thread = h.thread.take().unwrap();
+        let whole = queued / (PREFIX_LEN + BIG) + 1;
+        for i in 0..whole {
+            read_big_frame(&h.peer, i as u16);
+        }
+        let handed_back = thread.join().unwrap();
+        assert!(handed_back.is_some(), "the stream is handed back");
+        h.peer.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            (&h.peer).read(&mut byte).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "nothing after the started frame's rest"
+        );
+
+        // passt does not read: the stream is dropped rather than handed on torn.
+        let mem = memory();
+        let (rxq, txq) = rings(&mem);
+        let h = harness(&mem, &rxq, &txq, true);
+        fill_socket(&mem, &txq, &h);
+        let started = Instant::now();
+        assert!(h.finish().is_none());
+        assert!(started.elapsed() < FINISH_TIMEOUT * 4);
     }
 
     #[test]
