@@ -7,60 +7,87 @@
 
 use vm_memory::VolatileSlice;
 
-/// Bytes copied out of guest memory at a time: small enough to stay in
-/// the L1 cache, a multiple of 8 so that only the last piece is short.
-const PIECE: usize = 2048;
-
 /// The Internet checksum of `segments` from byte `start` on, as the two
 /// bytes to store in the frame. A result of zero is sent as 0xffff (the
 /// same in ones' complement), as Linux does, since a zero UDP checksum
 /// means "none".
 ///
-/// Each segment is a slice of guest memory; the guest may change it
-/// meanwhile, which only spoils its own frame.
+/// Each segment is a slice of guest memory, summed where it lies with
+/// volatile reads (no copy); the guest may change it meanwhile, which
+/// only spoils its own frame.
 pub fn complete(segments: &[VolatileSlice], start: usize) -> [u8; 2] {
-    let mut piece = [0u8; PIECE];
-    let mut fill = 0;
     let mut acc = 0u64;
+    // Bytes summed so far: a block that begins at an odd position pairs its
+    // bytes the other way round, so its sum is byte-swapped (RFC 1071 §2(B)).
+    let mut position = 0usize;
     let mut skip = start;
     for seg in segments {
-        let mut off = skip.min(seg.len());
+        let off = skip.min(seg.len());
         skip -= off;
-        while off < seg.len() {
-            let n = (seg.len() - off).min(PIECE - fill);
-            // Bounds: `off + n <= seg.len()` and `fill + n <= PIECE`.
-            if let Ok(sub) = seg.subslice(off, n) {
-                sub.copy_to(&mut piece[fill..fill + n]);
-            }
-            fill += n;
-            off += n;
-            if fill == PIECE {
-                acc = add(acc, sum(&piece));
-                fill = 0;
-            }
+        let len = seg.len() - off;
+        if len == 0 {
+            continue;
         }
+        // SAFETY: `off + len` is the segment's length, so the bytes lie in
+        // the slice, which points to mapped guest memory.
+        let block = unsafe { sum_volatile(seg.ptr_guard().as_ptr().add(off), len) };
+        acc = add(acc, u64::from(swapped_if_odd(block, position)));
+        position += len;
     }
-    acc = add(acc, sum(&piece[..fill]));
     let folded = !fold(acc);
     let value = if folded == 0 { 0xffff } else { folded };
     value.to_ne_bytes()
 }
 
-/// Ones' complement sum of `bytes` as native-endian 16-bit words (the
-/// checksum's byte-order independence, RFC 1071 §2(B)), in 64 bits; an
-/// odd last byte is padded with zero.
-fn sum(bytes: &[u8]) -> u64 {
-    let mut acc = 0u64;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let mut eight = [0u8; 8];
-        eight.copy_from_slice(w);
-        acc = add(acc, u64::from_ne_bytes(eight));
+/// A 16-bit ones' complement sum of a block at byte `position` of the
+/// summed range, as if the block began at an even position.
+fn swapped_if_odd(sum: u16, position: usize) -> u16 {
+    if position % 2 == 1 {
+        sum.swap_bytes()
+    } else {
+        sum
     }
-    let rest = words.remainder();
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    add(acc, u64::from_ne_bytes(last))
+}
+
+/// Ones' complement sum of the `len` bytes at `ptr` as native-endian
+/// 16-bit words paired from `ptr` on (an odd last byte padded with zero),
+/// folded to 16 bits: bytes up to an 8-byte boundary, then aligned 8-byte
+/// words, then the last few bytes, all read volatile.
+///
+/// # Safety
+/// `ptr..ptr + len` must be readable.
+unsafe fn sum_volatile(ptr: *const u8, len: usize) -> u16 {
+    let head = ptr.align_offset(8).min(len);
+    // SAFETY: the first `head <= len` bytes of the range.
+    let head_word = unsafe { partial_word(ptr, head) };
+    let words = (len - head) / 8;
+    let body = ptr.wrapping_add(head) as *const u64;
+    let mut acc = 0u64;
+    for i in 0..words {
+        // SAFETY: aligned (`head` reaches an 8-byte boundary) and in range.
+        acc = add(acc, unsafe { std::ptr::read_volatile(body.add(i)) });
+    }
+    let tail = len - head - 8 * words;
+    // SAFETY: the last `tail` bytes of the range.
+    let tail_word = unsafe { partial_word(ptr.add(head + 8 * words), tail) };
+    acc = add(acc, tail_word);
+    // The body and tail start `head` bytes in: swapped if that is odd.
+    let rest = swapped_if_odd(fold(acc), head);
+    fold(add(fold(head_word).into(), rest.into()))
+}
+
+/// The `n` (< 8) bytes at `ptr`, read volatile, as the first bytes of a
+/// native-endian word padded with zeros.
+///
+/// # Safety
+/// `ptr..ptr + n` must be readable.
+unsafe fn partial_word(ptr: *const u8, n: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    for (i, b) in bytes.iter_mut().enumerate().take(n) {
+        // SAFETY: the caller's contract: `i < n`.
+        *b = unsafe { std::ptr::read_volatile(ptr.add(i)) };
+    }
+    u64::from_ne_bytes(bytes)
 }
 
 /// Ones' complement addition of two 64-bit sums.
@@ -120,11 +147,12 @@ mod tests {
                     .into_boxed_slice(),
             );
             let copy = buf.to_vec();
-            for start in [0, 1, 14, 34].into_iter().filter(|&s| s < len) {
+            for start in [0, 1, 3, 9, 14, 34].into_iter().filter(|&s| s < len) {
                 for cuts in [
                     vec![],
                     vec![len / 3],
                     vec![1.min(len), len / 2, len - len / 5],
+                    vec![5, 6, 13, 22, 23],
                 ] {
                     let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= len).collect();
                     cuts.sort();
