@@ -249,6 +249,7 @@ const TX_BATCH: usize = 64;
 /// How long a stopping data path waits for passt to take the rest of a
 /// started frame.
 const FINISH_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Most segment lists kept for reuse: one per entry of the largest RX ring.
 const SPARE_SEGMENT_LISTS: usize = 256;
 /// Read buffer for passt's stream: several largest frames, so that one
@@ -467,6 +468,7 @@ impl NetWorker {
                     for head in &heads {
                         self.add_used_tx(&mem, *head);
                     }
+                    bump(&self.p.stats.tx_errors, heads.len() as u64);
                     used_any = true;
                     continue;
                 }
