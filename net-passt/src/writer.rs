@@ -323,6 +323,16 @@ mod tests {
         calls: usize,
     }
 
+    impl Choppy {
+        fn new(limits: Vec<usize>) -> Self {
+            Self {
+                out: Vec::new(),
+                limits,
+                calls: 0,
+            }
+        }
+    }
+
     impl VectoredSink for Choppy {
         fn writev(&mut self, iov: &[libc::iovec]) -> io::Result<usize> {
             let limit = self.limits[self.calls % self.limits.len()];
@@ -396,11 +406,7 @@ mod tests {
             vec![104, 0, 1],
             vec![0, 2000],
         ] {
-            let mut sink = Choppy {
-                out: Vec::new(),
-                limits: limits.clone(),
-                calls: 0,
-            };
+            let mut sink = Choppy::new(limits.clone());
             let mut writer = FrameWriter::new();
             let mut next = 0;
             let mut rounds = 0;
@@ -422,11 +428,7 @@ mod tests {
     fn a_started_frame_is_held_and_nothing_else_goes_out_before_its_rest() {
         let a = vec![1u8; 100];
         let b = vec![2u8; 30];
-        let mut sink = Choppy {
-            out: Vec::new(),
-            limits: vec![10, 0],
-            calls: 0,
-        };
+        let mut sink = Choppy::new(vec![10, 0]);
         let mut writer = FrameWriter::new();
         let written = writer
             .write(&mut sink, vec![out_frame(&[&a]), out_frame(&[&b])])
@@ -513,11 +515,7 @@ mod tests {
             assert!(!frame.overlay(0, [1, 1]), "one overlay per frame");
             // Six bytes a call: the frame is torn, the writer holds it
             // (overlay included) and later flushes send its rest.
-            let mut sink = Choppy {
-                out: Vec::new(),
-                limits: vec![6],
-                calls: 0,
-            };
+            let mut sink = Choppy::new(vec![6]);
             let mut writer = FrameWriter::new();
             assert!(writer.write(&mut sink, vec![frame]).unwrap().started);
             while !writer.flush(&mut sink).unwrap() {}
@@ -532,11 +530,7 @@ mod tests {
     #[test]
     fn frames_not_taken_are_untouched() {
         let a = vec![1u8; 60];
-        let mut sink = Choppy {
-            out: Vec::new(),
-            limits: vec![0],
-            calls: 0,
-        };
+        let mut sink = Choppy::new(vec![0]);
         let mut writer = FrameWriter::new();
         let written = writer.write(&mut sink, vec![out_frame(&[&a])]).unwrap();
         assert_eq!(
@@ -554,11 +548,7 @@ mod tests {
     fn a_frame_too_long_for_passt_is_refused() {
         let big = vec![0u8; 70_000];
         let tiny = vec![0u8; 4];
-        let mut sink = Choppy {
-            out: Vec::new(),
-            limits: vec![usize::MAX],
-            calls: 0,
-        };
+        let mut sink = Choppy::new(vec![usize::MAX]);
         let mut writer = FrameWriter::new();
         assert!(writer.write(&mut sink, vec![out_frame(&[&big])]).is_err());
         assert!(writer.write(&mut sink, vec![out_frame(&[&tiny])]).is_err());

@@ -914,12 +914,17 @@ mod tests {
         queued as usize
     }
 
-    /// Reads big frame `i` as passt would, checking its prefix and bytes.
+    /// Checks that `got` is big frame `i` with its length prefix.
+    fn check_big_frame(got: &[u8], i: u16) {
+        assert_eq!(&got[..PREFIX_LEN], &(BIG as u32).to_be_bytes());
+        assert!(got[PREFIX_LEN..] == big_frame(i)[..], "frame {i} garbled");
+    }
+
+    /// Reads big frame `i` as passt would, and checks it.
     fn read_big_frame(peer: &UnixStream, i: u16) {
         let mut got = vec![0u8; PREFIX_LEN + BIG];
         (&*peer).read_exact(&mut got).unwrap();
-        assert_eq!(&got[..PREFIX_LEN], &(BIG as u32).to_be_bytes());
-        assert!(got[PREFIX_LEN..] == big_frame(i)[..], "frame {i} garbled");
+        check_big_frame(&got, i);
     }
 
     #[test]
