@@ -246,6 +246,12 @@ const STOP: u32 = 3;
 /// Most TX chains gathered for one round of writes.
 const TX_BATCH: usize = 64;
 
+/// Most frame bytes gathered for one round of writes: a little more than a
+/// UNIX socket's default send buffer (208 KiB), so that a writable socket is
+/// still filled in one round, while the chains a full socket leaves over
+/// (put back, parsed and their checksums completed again next round) stay few.
+const TX_BATCH_BYTES: usize = 256 * 1024;
+
 /// How long a stopping data path waits for passt to take the rest of a
 /// started frame.
 const FINISH_TIMEOUT: Duration = Duration::from_millis(500);
@@ -411,7 +417,8 @@ impl NetWorker {
             if let Err(e) = self.p.tx_queue.disable_notification(&mem) {
                 log::debug!("net{}: {e}", self.p.id);
             }
-            while frames.len() < TX_BATCH {
+            let mut batch_bytes = 0;
+            while frames.len() < TX_BATCH && batch_bytes < TX_BATCH_BYTES {
                 let Some(chain) = self.p.tx_queue.pop_descriptor_chain(&mem) else {
                     break;
                 };
@@ -420,6 +427,7 @@ impl NetWorker {
                 let head = chain.head_index();
                 match tx::frame_of_chain(&mem, chain) {
                     Ok(frame) => {
+                        batch_bytes += frame.len();
                         heads.push(head);
                         frames.push(frame);
                     }
