@@ -237,6 +237,11 @@ fn network_dhcp_slaac_and_ping() -> Result<(), String> {
         "the gateway should answer pings",
         &out,
     )?;
+    check(
+        !out.stderr.contains("passt connection lost"),
+        "a VM that ends should not log its link to passt as lost",
+        &out,
+    )?;
     no_passt_left(&out)
 }
 

@@ -543,10 +543,13 @@ pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
         vm_end.request(ExitReason::Failure("the event loop failed".into()));
     }
     vcpu::stop_all(threads, VCPU_STOP_TIMEOUT);
-    // The buses hold the last references to the devices: dropping them stops
-    // the device threads and closes passt's socket, so passt leaves on its own.
+    // The buses and the PCI root hold the last references to the devices:
+    // dropping them stops the device threads (a card's data path before
+    // passt is stopped, so that it does not see its link go) and closes
+    // passt's socket, so passt leaves on its own.
     drop(io_bus);
     drop(mmio_bus);
+    drop(devices.transport);
     if let Some(passt) = passt {
         passt.stop();
     }
