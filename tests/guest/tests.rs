@@ -33,6 +33,7 @@ pub const ALL: &[Test] = tests![
     network_dhcp_slaac_and_ping,
     tcp_guest_to_host,
     tcp_host_to_guest,
+    network_survives_a_driver_rebind,
     udp_both_ways,
     guest_checksums_are_completed,
     rootless_network,
@@ -311,6 +312,70 @@ fn tcp_host_to_guest() -> Result<(), String> {
     check(
         guest_sha(&out.stdout).as_deref() == Some(expected.as_str()),
         &format!("the guest's sha256 should be {expected}"),
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+/// Bytes of the transfer a driver rebind interrupts.
+const REBIND_TRANSFER: usize = 16 << 20;
+
+/// The guest's driver lets go of the card and takes it again (the device is
+/// reset and set up anew) while passt streams a transfer into the guest.
+/// The interface goes down first, so that the guest stops taking frames and
+/// ferry holds what it read of passt's stream: the next data path goes on
+/// from there (the unit tests cover a read that ended inside a frame), so
+/// the link stays up and the transfer completes intact once the guest has
+/// its address again.
+fn network_survives_a_driver_rebind() -> Result<(), String> {
+    let data = net::pattern(REBIND_TRANSFER);
+    let expected = net::sha256(&data);
+    let port = free_tcp_port();
+    let source = net::tcp_source(port, data, Duration::from_secs(150));
+    let cmd = "nc -l -p 5000 -e sh -c 'cat > /tmp/blob' & receiver=$!; \
+         for i in $(seq 600); do [ -s /tmp/blob ] && break; sleep 0.02; done; \
+         card=$(basename $(readlink /sys/class/net/eth0/device)); \
+         echo at-rebind=$(wc -c < /tmp/blob); \
+         ip link set eth0 down; sleep 0.5; \
+         echo $card > /sys/bus/virtio/drivers/virtio_net/unbind; \
+         echo $card > /sys/bus/virtio/drivers/virtio_net/bind; \
+         ip link set eth0 up; \
+         udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 10 -T 1 >/dev/null 2>&1 && echo rebound; \
+         (sleep 60; kill $receiver 2>/dev/null) & wait $receiver; echo rx-bytes=$(wc -c < /tmp/blob); sha256sum /tmp/blob";
+    let publish = format!("127.0.0.1:{port}:5000");
+    let out = Boot::new(cmd)
+        .args(&["--memory", "512", "--publish", &publish])
+        .run()?;
+    let sent = source.join().map_err(|_| "the source panicked")?;
+    let at_rebind = out
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("at-rebind="))
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    check(
+        at_rebind.is_some_and(|n| n > 0 && n < REBIND_TRANSFER),
+        &format!("the rebind should come mid-transfer (at {at_rebind:?} bytes)"),
+        &out,
+    )?;
+    check(
+        out.stdout.contains("rebound"),
+        "the guest should get its address again after the rebind",
+        &out,
+    )?;
+    check(
+        !out.stderr.contains("passt connection lost"),
+        "the link to passt should survive the reset",
+        &out,
+    )?;
+    check(
+        sent.is_ok(),
+        &format!("the host should have sent the data: {sent:?}"),
+        &out,
+    )?;
+    check(
+        out.stdout.contains(&format!("rx-bytes={REBIND_TRANSFER}"))
+            && guest_sha(&out.stdout).as_deref() == Some(expected.as_str()),
+        &format!("the guest should have every byte, with sha256 {expected}"),
         &out,
     )?;
     no_passt_left(&out)

@@ -22,6 +22,7 @@ use super::{
 
 pub use rx::{RxBuffer, RxError};
 pub use tx::TxError;
+use worker::Backend;
 pub use worker::NetStats;
 
 /// virtio device id of a network card.
@@ -62,8 +63,8 @@ pub struct Net {
     config: NetConfig,
     link_up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
-    backend: Option<UnixStream>,
-    worker: Option<DeviceThread<Option<UnixStream>>>,
+    backend: Option<Backend>,
+    worker: Option<DeviceThread<Option<Backend>>>,
 }
 
 impl Net {
@@ -74,7 +75,7 @@ impl Net {
             config,
             link_up: Arc::new(AtomicBool::new(true)),
             stats: Arc::new(NetStats::default()),
-            backend: Some(backend),
+            backend: Some(Backend::new(backend)),
             worker: None,
         }
     }

@@ -83,6 +83,26 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
+/// passt's end of a card's link as one data path hands it to the next
+/// (across a device reset): the socket, and what was read from it but not
+/// yet delivered, so that the next data path goes on from the same place
+/// in the stream (the read may have ended inside a frame).
+#[derive(Debug)]
+pub struct Backend {
+    socket: UnixStream,
+    decoder: Decoder,
+}
+
+impl Backend {
+    /// A link over `socket`, nothing read from it yet.
+    pub fn new(socket: UnixStream) -> Self {
+        Self {
+            socket,
+            decoder: Decoder::new(RX_BUFFER),
+        }
+    }
+}
+
 /// What [`NetWorker::new`] takes.
 #[derive(Debug)]
 pub struct Parts {
@@ -93,7 +113,7 @@ pub struct Parts {
     pub rx_kick: EventFd,
     pub tx_kick: EventFd,
     pub stop: EventFd,
-    pub backend: Option<UnixStream>,
+    pub backend: Option<Backend>,
     pub interrupt: Arc<Interrupt>,
     pub link_up: Arc<AtomicBool>,
     pub stats: Arc<NetStats>,
@@ -290,8 +310,13 @@ pub struct NetWorker {
 impl NetWorker {
     /// A data path over `parts`.
     pub fn new(parts: Parts) -> Self {
+        let (socket, decoder) = match parts.backend {
+            Some(Backend { socket, decoder }) => (Some(socket), decoder),
+            // No stream to read: a decoder of the smallest size.
+            None => (None, Decoder::new(0)),
+        };
         Self {
-            decoder: Decoder::new(RX_BUFFER),
+            decoder,
             writer: FrameWriter::new(),
             tx_started: None,
             rx: RxSide {
@@ -316,7 +341,7 @@ impl NetWorker {
                 rx_kick: parts.rx_kick,
                 tx_kick: parts.tx_kick,
                 stop: parts.stop,
-                backend: parts.backend,
+                backend: socket,
                 interrupt: parts.interrupt,
                 link_up: parts.link_up,
                 stats: parts.stats,
@@ -324,12 +349,17 @@ impl NetWorker {
         }
     }
 
-    /// Runs until told to stop; hands the backend back (if it still works).
-    pub fn run(self) -> Option<UnixStream> {
+    /// Runs until told to stop; hands the backend back (if it still works),
+    /// with the frames read from passt and not yet delivered.
+    pub fn run(self) -> Option<Backend> {
         let name = format!("net{}", self.p.id);
         let mut worker = run_until_stopped(&name, self, |w| w.stopped)?;
         worker.finish_started_frame();
-        worker.p.backend
+        let socket = worker.p.backend?;
+        Some(Backend {
+            socket,
+            decoder: worker.decoder,
+        })
     }
 
     /// Sends the rest of a frame started on passt's stream before the
@@ -746,7 +776,7 @@ mod tests {
         stats: Arc<NetStats>,
         rx_used: u64,
         tx_used: u64,
-        thread: Option<std::thread::JoinHandle<Option<UnixStream>>>,
+        thread: Option<std::thread::JoinHandle<Option<Backend>>>,
     }
 
     const RX_RING: GuestAddress = GuestAddress(0x1_0000);
@@ -765,6 +795,18 @@ mod tests {
     fn harness(mem: &GuestMemory, rxq: &Mock, txq: &Mock, mrg_rxbuf: bool) -> Harness {
         let (ours, peer) = UnixStream::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        harness_on(mem, rxq, txq, mrg_rxbuf, Backend::new(ours), peer)
+    }
+
+    /// A worker over a `backend` an earlier one handed back; `peer` is passt's end.
+    fn harness_on(
+        mem: &GuestMemory,
+        rxq: &Mock,
+        txq: &Mock,
+        mrg_rxbuf: bool,
+        backend: Backend,
+        peer: UnixStream,
+    ) -> Harness {
         let line = IrqLine::new(5).unwrap();
         let irq = line.event().try_clone().unwrap();
         let h = Harness {
@@ -788,7 +830,7 @@ mod tests {
             rx_kick: h.rx_kick.try_clone().unwrap(),
             tx_kick: h.tx_kick.try_clone().unwrap(),
             stop: h.stop.try_clone().unwrap(),
-            backend: Some(ours),
+            backend: Some(backend),
             interrupt: Arc::new(Interrupt::new(line)),
             link_up: h.link_up.clone(),
             stats: h.stats.clone(),
@@ -835,7 +877,8 @@ mod tests {
             }
         }
 
-        fn finish(mut self) -> Option<UnixStream> {
+        /// Stops the worker; the backend it hands back.
+        fn finish(mut self) -> Option<Backend> {
             self.stop.write(1).unwrap();
             self.thread.take().unwrap().join().unwrap()
         }
@@ -1167,6 +1210,58 @@ mod tests {
             .unwrap();
         assert_eq!(got, frame);
         assert_eq!(h.stats.rx_frames.load(Ordering::Relaxed), 1);
+        h.finish();
+    }
+
+    #[test]
+    fn a_frame_cut_by_a_reset_reaches_the_next_data_path_whole() {
+        let mem = memory();
+        let (rxq, txq) = rings(&mem);
+        let h = harness(&mem, &rxq, &txq, true);
+        let first: Vec<u8> = (0..200u8).collect();
+        let second: Vec<u8> = (0..50u8).rev().collect();
+        let mut wire = Vec::new();
+        for frame in [&first, &second] {
+            wire.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            wire.extend_from_slice(frame);
+        }
+        // No guest buffers: the worker reads the stream up to the middle of
+        // the first frame and holds it. Then the device is reset.
+        let cut = PREFIX_LEN + 120;
+        (&h.peer).write_all(&wire[..cut]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(h.used_idx(RX_RING), 0);
+        let peer = h.peer.try_clone().unwrap();
+        let backend = h.finish().expect("the stream is handed back");
+
+        // The next data path (the driver set the device up again) goes on
+        // from the middle of the frame: both frames arrive whole.
+        let (rxq, txq) = rings(&mem);
+        rxq.add_desc_chains(
+            &[
+                desc(0x20_0000, 4096, WRITE, 0),
+                desc(0x21_0000, 4096, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let h = harness_on(&mem, &rxq, &txq, true, backend, peer);
+        (&h.peer).write_all(&wire[cut..]).unwrap();
+        h.wait_used(RX_RING, 2);
+        for (slot, (addr, frame)) in [(0x20_0000, &first), (0x21_0000, &second)]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(
+                h.used_len(RX_RING, slot as u64) as usize,
+                NET_HDR_LEN + frame.len()
+            );
+            let mut got = vec![0u8; frame.len()];
+            mem.read_slice(&mut got, GuestAddress(addr + NET_HDR_LEN as u64))
+                .unwrap();
+            assert_eq!(&got, frame);
+        }
+        assert!(h.link_up.load(Ordering::SeqCst), "the link stays up");
         h.finish();
     }
 
