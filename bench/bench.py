@@ -20,6 +20,7 @@ or whose guest does not finish is reported and retried once; it never
 counts as fast.
 
 Usage: bench/bench.py [--runs N] [--vmm ferry,qemu-microvm,qemu-q35] [--json FILE] [--seconds S]
+       bench/bench.py --combine A.json B.json ...   (pool earlier invocations' runs)
 Needs: a /dev/kvm that boots stock guests (inside ../shared/kvm-host here),
 qemu-system-x86, passt, iperf3, resources/build-guest.sh, cargo build --release.
 """
@@ -328,13 +329,79 @@ def value(run, key):
     return ph.get(what)
 
 
+def summarize(results, names, ceiling):
+    """Prints the table of medians [min-max] and ratios ferry/QEMU; returns it."""
+    table = {}
+    for key, label, _ in FIGURES:
+        table[key] = {}
+        for name in names:
+            vals = [v for v in (value(r, key) for r in results[name]) if v is not None]
+            table[key][name] = {"median": statistics.median(vals) if vals else None,
+                                "min": min(vals) if vals else None, "max": max(vals) if vals else None,
+                                "n": len(vals)}
+    qemus = [n for n in names if n.startswith("qemu")]
+    head = f"{'figure':<36}" + "".join(f"{n:>24}" for n in names) + "".join(f"{'ferry/' + q[5:]:>16}" for q in qemus)
+    print(head)
+    for key, label, _ in FIGURES:
+        row = f"{label:<36}"
+        for name in names:
+            c = table[key][name]
+            if c["median"] is None:
+                row += f"{'-':>24}"
+            else:
+                row += f"{c['median']:>10.4g} [{c['min']:.3g}-{c['max']:.3g}]".rjust(24)
+        for q in qemus:
+            f, qv = table[key].get("ferry", {}).get("median"), table[key][q]["median"]
+            row += f"{(f / qv):>16.2f}" if f is not None and qv else f"{'-':>16}"
+        print(row)
+    print(f"loopback ceiling (iperf3 on the host's loopback): {ceiling} Mbit/s")
+    print("medians of " + ", ".join(f"{len(results[n])} {n}" for n in names) + " runs; [min-max]")
+    return table
+
+
+def combine(paths):
+    """Pools the runs of earlier invocations' JSON files and prints their table."""
+    results, ceilings = {}, []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        for name, runs in data["runs"].items():
+            results.setdefault(name, []).extend(runs)
+        if data.get("loopback_mbit_s"):
+            ceilings.append(data["loopback_mbit_s"])
+    names = [n for n in ("ferry", "qemu-microvm", "qemu-q35") if n in results]
+    names += [n for n in results if n not in names]
+    ceiling = statistics.median(ceilings) if ceilings else None
+    summarize(results, names, ceiling)
+    print(f"pooled from {len(paths)} invocations: " + ", ".join(paths))
+    # The ratios each invocation had on its own, to show how far they move.
+    keys = ("tx1.mbit_s", "rx1.mbit_s", "tx1.vmm_cpu_per_gb", "rx1.vmm_cpu_per_gb")
+    print("per invocation, ferry/" + "; ferry/".join(n[5:] for n in names if n.startswith("qemu"))
+          + ": " + ", ".join(keys))
+    for path in paths:
+        with open(path) as f:
+            table = json.load(f)["table"]
+        cells = []
+        for key in keys:
+            ferry = table.get(key, {}).get("ferry", {}).get("median")
+            ratios = [ferry / q["median"] if ferry is not None and q.get("median") else None
+                      for n, q in table.get(key, {}).items() if n.startswith("qemu")]
+            cells.append("/".join("-" if r is None else f"{r:.2f}" for r in ratios))
+        print(f"  {path}: " + "  ".join(cells))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--vmm", default="ferry,qemu-microvm,qemu-q35")
     ap.add_argument("--seconds", type=int, default=3, help="length of each iperf3 phase")
     ap.add_argument("--json", default=os.path.join(ROOT, "target/bench.json"))
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="run nothing: pool the runs of earlier invocations' JSON files into one table")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine)
+        return
     for path in (KERNEL, INITRD, FERRY):
         if not os.path.exists(path):
             sys.exit(f"bench: {path} missing (resources/build-guest.sh; cargo build --release)")
@@ -366,31 +433,7 @@ def main():
     finally:
         stop.set()
         iperf.terminate()
-    table = {}
-    for key, label, _ in FIGURES:
-        table[key] = {}
-        for name in names:
-            vals = [v for v in (value(r, key) for r in results[name]) if v is not None]
-            table[key][name] = {"median": statistics.median(vals) if vals else None,
-                                "min": min(vals) if vals else None, "max": max(vals) if vals else None,
-                                "n": len(vals)}
-    qemus = [n for n in names if n.startswith("qemu")]
-    head = f"{'figure':<36}" + "".join(f"{n:>24}" for n in names) + "".join(f"{'ferry/' + q[5:]:>16}" for q in qemus)
-    print(head)
-    for key, label, _ in FIGURES:
-        row = f"{label:<36}"
-        for name in names:
-            c = table[key][name]
-            if c["median"] is None:
-                row += f"{'-':>24}"
-            else:
-                row += f"{c['median']:>10.4g} [{c['min']:.3g}-{c['max']:.3g}]".rjust(24)
-        for q in qemus:
-            f, qv = table[key].get("ferry", {}).get("median"), table[key][q]["median"]
-            row += f"{(f / qv):>16.2f}" if f is not None and qv else f"{'-':>16}"
-        print(row)
-    print(f"loopback ceiling (iperf3 on the host's loopback): {ceiling} Mbit/s")
-    print("medians of " + ", ".join(f"{len(results[n])} {n}" for n in names) + " runs; [min-max]")
+    table = summarize(results, names, ceiling)
     with open(args.json, "w") as f:
         json.dump({"table": table, "runs": results, "loopback_mbit_s": ceiling,
                    "seconds": args.seconds}, f, indent=1)
