@@ -25,6 +25,7 @@ Needs: a /dev/kvm that boots stock guests (inside ../shared/kvm-host here),
 qemu-system-x86, passt, iperf3, resources/build-guest.sh, cargo build --release.
 """
 import argparse
+import collections
 import json
 import os
 import re
@@ -125,8 +126,7 @@ class Vmm:
         if self.name == "ferry":
             cmd = [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", str(MEM_MIB),
                    "--mac", MAC, "--cmdline", f"{BASE} -- \"{cmdline_tail}\""]
-            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL)
+            return self.popen(cmd)
         sock = os.path.join(self.tmp, f"passt-{self.name}.sock")
         if os.path.exists(sock):
             os.unlink(sock)
@@ -149,8 +149,22 @@ class Vmm:
                "-append", f"{BASE} {extra} -- \"{cmdline_tail}\"",
                "-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
                "-device", f"{dev},netdev=n0,mac={MAC}"]
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL)
+        return self.popen(cmd)
+
+    def stderr_path(self):
+        return os.path.join(self.tmp, f"{self.name}.stderr")
+
+    def popen(self, cmd):
+        """Starts the VMM, console on a pipe; its stderr is kept for the report on an incomplete run."""
+        with open(self.stderr_path(), "wb") as err:
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+
+    def stderr_tail(self, lines=4):
+        try:
+            with open(self.stderr_path(), errors="replace") as f:
+                return [l.rstrip() for l in f.readlines()[-lines:]]
+        except OSError:
+            return []
 
     def passt_pid(self, vmm_pid):
         if self.passt:
@@ -202,15 +216,23 @@ def one_run(vmm, seconds, timeout):
             time.sleep(0.2)
 
     threading.Thread(target=sampler, daemon=True).start()
-    killer = threading.Timer(timeout, proc.kill)
+    timed_out = threading.Event()
+
+    def kill():
+        timed_out.set()
+        proc.kill()
+
+    killer = threading.Timer(timeout, kill)
     killer.start()
     phase = None
     text = []
+    last = collections.deque(maxlen=4)
     cpu_at = {}
     passt_pid = None
     for raw in proc.stdout:
         now = time.monotonic() - t0
         line = raw.decode(errors="replace").rstrip("\r\n")
+        last.append(line)
         if "init: userspace started" in line:
             res["userspace_s"] = now
         elif "init: network configured" in line:
@@ -259,6 +281,9 @@ def one_run(vmm, seconds, timeout):
     res["rss_outside_kib"], res["peak_rss_kib"] = mem_peak
     res["complete"] = all(res["phases"].get(n, {}).get("ok") for n in ("tx1", "rx1", "tx4", "rx4", "udp", "rr")) \
         and "exit_s" in res
+    if not res["complete"]:
+        res["why"] = {"status": proc.returncode, "watchdog_fired": timed_out.is_set(),
+                      "phase": phase, "console_tail": list(last), "stderr_tail": vmm.stderr_tail()}
     return res
 
 
@@ -424,7 +449,8 @@ def main():
                         if r["complete"]:
                             break
                         print(f"run {i} {name}: incomplete ({'retrying once' if attempt == 1 else 'dropped'}): "
-                              f"{json.dumps(r['phases'])}", file=sys.stderr)
+                              f"{json.dumps(r.get('why'))}; phases done: "
+                              f"{[n for n, p in r['phases'].items() if p.get('ok')]}", file=sys.stderr)
                     if r["complete"]:
                         results[name].append(r)
                         print(f"run {i} {name}: boot {r.get('userspace_s', 0):.1f}s "
