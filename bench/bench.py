@@ -354,16 +354,22 @@ def value(run, key):
     return ph.get(what)
 
 
-def summarize(results, names, ceiling):
-    """Prints the table of medians [min-max] and ratios ferry/QEMU; returns it."""
+def build_table(results, names):
+    """Median, min, max and count of each figure for each VMM."""
     table = {}
     for key, label, _ in FIGURES:
         table[key] = {}
         for name in names:
-            vals = [v for v in (value(r, key) for r in results[name]) if v is not None]
+            vals = [v for v in (value(r, key) for r in results.get(name, [])) if v is not None]
             table[key][name] = {"median": statistics.median(vals) if vals else None,
                                 "min": min(vals) if vals else None, "max": max(vals) if vals else None,
                                 "n": len(vals)}
+    return table
+
+
+def summarize(results, names, ceiling):
+    """Prints the table of medians [min-max] and ratios ferry/QEMU; returns it."""
+    table = build_table(results, names)
     qemus = [n for n in names if n.startswith("qemu")]
     head = f"{'figure':<36}" + "".join(f"{n:>24}" for n in names) + "".join(f"{'ferry/' + q[5:]:>16}" for q in qemus)
     print(head)
@@ -382,6 +388,13 @@ def summarize(results, names, ceiling):
     print(f"loopback ceiling (iperf3 on the host's loopback): {ceiling} Mbit/s")
     print("medians of " + ", ".join(f"{len(results[n])} {n}" for n in names) + " runs; [min-max]")
     return table
+
+
+def save(path, data):
+    """Writes the results to `path` whole or not at all."""
+    with open(path + ".new", "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(path + ".new", path)
 
 
 def combine(paths):
@@ -405,7 +418,8 @@ def combine(paths):
           + ": " + ", ".join(keys))
     for path in paths:
         with open(path) as f:
-            table = json.load(f)["table"]
+            runs = json.load(f)["runs"]
+        table = build_table(runs, names)
         cells = []
         for key in keys:
             ferry = table.get(key, {}).get("ferry", {}).get("median")
@@ -453,6 +467,9 @@ def main():
                               f"{[n for n, p in r['phases'].items() if p.get('ok')]}", file=sys.stderr)
                     if r["complete"]:
                         results[name].append(r)
+                        # Written after every run, so that an invocation cut short keeps its runs.
+                        save(args.json, {"runs": results, "loopback_mbit_s": ceiling,
+                                         "seconds": args.seconds, "partial": True})
                         print(f"run {i} {name}: boot {r.get('userspace_s', 0):.1f}s "
                               f"tx {value(r, 'tx1.mbit_s')} rx {value(r, 'rx1.mbit_s')} Mbit/s "
                               f"rr {value(r, 'rr.rr_us')} us", file=sys.stderr)
@@ -460,9 +477,8 @@ def main():
         stop.set()
         iperf.terminate()
     table = summarize(results, names, ceiling)
-    with open(args.json, "w") as f:
-        json.dump({"table": table, "runs": results, "loopback_mbit_s": ceiling,
-                   "seconds": args.seconds}, f, indent=1)
+    save(args.json, {"table": table, "runs": results, "loopback_mbit_s": ceiling,
+                     "seconds": args.seconds})
     print(f"wrote {args.json}")
 
 
