@@ -401,8 +401,12 @@ def combine(paths):
     """Pools the runs of earlier invocations' JSON files and prints their table."""
     results, ceilings = {}, []
     for path in paths:
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            data["runs"].items()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            sys.exit(f"bench: {path} is not a bench result ({e!r})")
         for name, runs in data["runs"].items():
             results.setdefault(name, []).extend(runs)
         if data.get("loopback_mbit_s"):
