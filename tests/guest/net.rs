@@ -101,6 +101,19 @@ pub fn sha256(data: &[u8]) -> String {
 /// Sends `data` to 127.0.0.1:`port` until one whole send succeeds (the
 /// guest may not listen yet) or `timeout` passes; then waits for the peer to close.
 pub fn tcp_source(port: u16, data: Vec<u8>, timeout: Duration) -> JoinHandle<Result<u32, String>> {
+    tcp_source_paced(port, data, usize::MAX, Duration::ZERO, timeout)
+}
+
+/// Like [`tcp_source`], but sends `data` in pieces of `piece` bytes with a
+/// `pause` after each: the transfer lasts at least that long however fast
+/// the machine is.
+pub fn tcp_source_paced(
+    port: u16,
+    data: Vec<u8>,
+    piece: usize,
+    pause: Duration,
+    timeout: Duration,
+) -> JoinHandle<Result<u32, String>> {
     std::thread::spawn(move || {
         let deadline = Instant::now() + timeout;
         let mut attempts = 0;
@@ -109,7 +122,10 @@ pub fn tcp_source(port: u16, data: Vec<u8>, timeout: Duration) -> JoinHandle<Res
             let result = (|| -> std::io::Result<()> {
                 let mut s = TcpStream::connect(("127.0.0.1", port))?;
                 s.set_write_timeout(Some(Duration::from_secs(60)))?;
-                s.write_all(&data)?;
+                for part in data.chunks(piece.max(1)) {
+                    s.write_all(part)?;
+                    std::thread::sleep(pause);
+                }
                 s.shutdown(Shutdown::Write)?;
                 s.set_read_timeout(Some(Duration::from_secs(60)))?;
                 let mut rest = Vec::new();

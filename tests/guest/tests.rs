@@ -319,6 +319,12 @@ fn tcp_host_to_guest() -> Result<(), String> {
 
 /// Bytes of the transfer a driver rebind interrupts.
 const REBIND_TRANSFER: usize = 16 << 20;
+/// The host sends it in pieces this large, each followed by a pause, so
+/// that it lasts 64 x 50 ms = 3.2 s or more: the guest rebinds its driver
+/// within a few hundred ms of the first byte, mid-transfer on a fast
+/// machine too (unpaced, 16 MiB can cross in under that).
+const REBIND_PIECE: usize = 256 << 10;
+const REBIND_PAUSE: Duration = Duration::from_millis(50);
 
 /// The guest's driver lets go of the card and takes it again (the device is
 /// reset and set up anew) while passt streams a transfer into the guest.
@@ -331,7 +337,13 @@ fn network_survives_a_driver_rebind() -> Result<(), String> {
     let data = net::pattern(REBIND_TRANSFER);
     let expected = net::sha256(&data);
     let port = free_tcp_port();
-    let source = net::tcp_source(port, data, Duration::from_secs(150));
+    let source = net::tcp_source_paced(
+        port,
+        data,
+        REBIND_PIECE,
+        REBIND_PAUSE,
+        Duration::from_secs(150),
+    );
     let cmd = "nc -l -p 5000 -e sh -c 'cat > /tmp/blob' & receiver=$!; \
          for i in $(seq 600); do [ -s /tmp/blob ] && break; sleep 0.02; done; \
          card=$(basename $(readlink /sys/class/net/eth0/device)); \
