@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::common::{guest_file, Outcome};
-use crate::{check, Boot, FLAKE};
+use crate::{check, Boot, FLAKE, WATCHDOG};
 
 // The guest's markers are computed (`$((6*7))`) so that the kernel
 // command line, echoed in the console, never holds them.
@@ -320,7 +320,7 @@ pub fn sigterm_shuts_the_guest_down_cleanly() -> Result<(), String> {
             "20",
         ])
         .spawn()?;
-    let running = wait_for_text(&log, "running-42", Duration::from_secs(120));
+    let running = wait_for_text(&log, "running-42", WATCHDOG);
     if !running {
         let _ = child.kill();
         let _ = child.wait();
@@ -384,7 +384,7 @@ pub fn sigkill_keeps_the_console_log_and_synced_data() -> Result<(), String> {
         &log.display().to_string(),
     ])
     .spawn()?;
-    let synced = wait_for_text(&log, "synced-42", Duration::from_secs(120));
+    let synced = wait_for_text(&log, "synced-42", WATCHDOG);
     // SAFETY: our own child's pid, not yet reaped.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     let _ = child.wait();

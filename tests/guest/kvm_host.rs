@@ -3,10 +3,13 @@
 //! where this machine's /dev/kvm cannot boot a stock guest.
 //!
 //! kvm-host is itself an emulated VM and now and then hangs whole, where
-//! no test's own watchdog can act. So its output is watched from here:
-//! silence longer than any healthy stretch of a run ends it, as does its
-//! own time limit, and the tests it had not finished run once more in a
-//! fresh kvm-host, logged as a retry. A second hang is a failure.
+//! no test's own watchdog can act. So its output is watched from here: the
+//! run inside prints a heartbeat, and silence well beyond it ends the run,
+//! as does kvm-host's own time limit or a VM that ends without the run's
+//! status. The test that was running then is charged with the stall, and
+//! the tests not yet finished run on in a fresh kvm-host, logged as a
+//! retry. A test running through two such stalls has failed, as a test
+//! whose guest stalls twice has.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,9 +24,15 @@ use crate::tests;
 const KVM_HOST_ENV: &str = "FERRY_KVM_HOST";
 /// The kvm-host run's time limit: 2-3 times a whole run of the tests (7-8 min on a quiet machine).
 const KVM_HOST_LIMIT_SECS: u64 = 1200;
-/// The longest silence of a healthy run: a stalled boot's watchdog (150 s)
-/// with room to spare. Silence beyond it means kvm-host itself hung.
-const KVM_HOST_SILENCE_SECS: u64 = 240;
+/// What the run inside kvm-host prints every [`HEARTBEAT_EVERY`]; read here, not shown.
+pub const HEARTBEAT: &str = "guest tests: heartbeat";
+/// How often the run inside kvm-host prints [`HEARTBEAT`].
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+/// Silence beyond six heartbeats means kvm-host itself hung.
+const KVM_HOST_SILENCE_SECS: u64 = 90;
+/// kvm-host runs one invocation may start: the first, and one after each
+/// hang, so that a run of bad luck ends in a bounded time.
+const KVM_HOST_RUNS: usize = 4;
 /// How long kvm-host gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -55,10 +64,13 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
         script.display()
     );
     let me = std::env::current_exe().expect("the test binary's path");
+    // In the order the run inside takes them: the first is the one running
+    // when kvm-host hangs.
     let mut pending: Vec<&str> = tests::selected(filter).iter().map(|t| t.name).collect();
     let mut failed: Vec<String> = Vec::new();
+    let mut stalled_once: Vec<&str> = Vec::new();
     let mut args = filter.to_vec();
-    for attempt in 1..=2 {
+    for attempt in 1..=KVM_HOST_RUNS {
         let started = Instant::now();
         let run = match run_once(&script, &me, &args, inside_env) {
             Ok(run) => run,
@@ -77,52 +89,75 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
                 failed.push(name);
             }
         }
-        if attempt == 2 {
-            eprintln!(
-                "guest tests, both kvm-host runs together: failed: {}",
-                if failed.is_empty() {
-                    "none".to_string()
-                } else {
-                    failed.join(" ")
-                }
-            );
-        }
-        let any_failed = !failed.is_empty();
         let hung = if run.silent {
-            Some(format!(
-                "printed nothing for {KVM_HOST_SILENCE_SECS} s (hung)"
-            ))
+            format!("printed nothing for {KVM_HOST_SILENCE_SECS} s (hung)")
         } else if run.code == 124 || run.code == 125 {
-            Some(format!("ended with {}", run.code))
+            format!("ended with {}", run.code)
         } else {
-            None
-        };
-        match hung {
-            None => return if any_failed { 1 } else { run.code },
-            Some(what) if pending.is_empty() => {
-                eprintln!("guest tests: kvm-host {what} after every test had finished");
-                return i32::from(any_failed);
+            if attempt > 1 {
+                report_all(attempt, &failed);
             }
-            Some(what) if attempt == 1 => {
+            if !pending.is_empty() && failed.is_empty() {
                 eprintln!(
-                    "guest tests: RETRY: kvm-host {what} after {:.0} s; running the {} tests \
-                     it had not finished once more: {}",
-                    started.elapsed().as_secs_f64(),
-                    pending.len(),
-                    pending.join(" ")
-                );
-                args = pending.iter().map(|n| n.to_string()).collect();
-            }
-            Some(what) => {
-                eprintln!(
-                    "guest tests: kvm-host {what} again; not finished: {}",
+                    "guest tests: kvm-host ended ({}) without finishing: {}",
+                    run.code,
                     pending.join(" ")
                 );
                 return 1;
             }
+            return if failed.is_empty() { run.code } else { 1 };
+        };
+        let Some(&stalled) = pending.first() else {
+            eprintln!(
+                "guest tests: kvm-host {what} after every test had finished",
+                what = hung
+            );
+            report_all(attempt, &failed);
+            return i32::from(!failed.is_empty());
+        };
+        if stalled_once.contains(&stalled) {
+            eprintln!("guest tests: kvm-host {hung} again during {stalled}: it fails");
+            failed.push(stalled.to_string());
+            pending.remove(0);
+        } else {
+            eprintln!(
+                "guest tests: RETRY: kvm-host {hung} after {:.0} s, during {stalled}",
+                started.elapsed().as_secs_f64()
+            );
+            stalled_once.push(stalled);
         }
+        if pending.is_empty() {
+            report_all(attempt, &failed);
+            return 1;
+        }
+        if attempt == KVM_HOST_RUNS {
+            eprintln!(
+                "guest tests: kvm-host failed {attempt} times; not finished: {}",
+                pending.join(" ")
+            );
+            report_all(attempt, &failed);
+            return 1;
+        }
+        eprintln!(
+            "guest tests: running the {} tests not finished in a fresh kvm-host: {}",
+            pending.len(),
+            pending.join(" ")
+        );
+        args = pending.iter().map(|n| n.to_string()).collect();
     }
     1
+}
+
+/// The verdict over several kvm-host runs, whose own summaries each tell only their part.
+fn report_all(runs: usize, failed: &[String]) {
+    eprintln!(
+        "guest tests, all {runs} kvm-host runs together: failed: {}",
+        if failed.is_empty() {
+            "none".to_string()
+        } else {
+            failed.join(" ")
+        }
+    );
 }
 
 /// What one kvm-host run did.
@@ -150,7 +185,9 @@ fn run_once(script: &Path, me: &Path, args: &[String], inside_env: &str) -> std:
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            println!("{line}");
+            if line != HEARTBEAT {
+                println!("{line}");
+            }
             if lines_tx.send(line).is_err() {
                 break;
             }

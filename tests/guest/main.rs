@@ -31,6 +31,10 @@ use common::{guest_file, Outcome, FERRY};
 /// Set (to anything) in the environment of the run inside kvm-host.
 const INSIDE_ENV: &str = "FERRY_GUEST_TESTS_INSIDE";
 
+/// How long one boot of the test guest may take before it counts as
+/// stalled: 4-5 times the slowest test's boot and transfer inside kvm-host.
+pub const WATCHDOG: Duration = Duration::from_secs(90);
+
 /// Exit statuses ferry documents.
 pub const GUEST_RESET: i32 = 80;
 
@@ -63,7 +67,7 @@ impl Boot {
             args: Vec::new(),
             kernel_args: String::new(),
             guest_cmd: guest_cmd.to_string(),
-            timeout: Duration::from_secs(150),
+            timeout: WATCHDOG,
             expect_reset: false,
             as_nobody: false,
             env: Vec::new(),
@@ -226,6 +230,13 @@ fn run_here(filter: &[String]) -> i32 {
         println!("guest tests cannot run: {why}");
         println!("guest: 0 passed, 1 failed");
         return 1;
+    }
+    if std::env::var_os(INSIDE_ENV).is_some() {
+        // The runner outside kvm-host tells a hung kvm-host by its silence.
+        std::thread::spawn(|| loop {
+            std::thread::sleep(kvm_host::HEARTBEAT_EVERY);
+            println!("{}", kvm_host::HEARTBEAT);
+        });
     }
     let selected = tests::selected(filter);
     println!("running {} guest tests", selected.len());

@@ -9,7 +9,7 @@ use crate::disk::{
     timeout_stops_the_vm_and_synced_data_stays, two_disks_in_order_with_serials,
 };
 use crate::transport::{virtio_mmio_on_request, virtio_on_pci_with_msix};
-use crate::{check, net, Boot, Test, GUEST_RESET};
+use crate::{check, net, Boot, Test, GUEST_RESET, WATCHDOG};
 
 /// The pvpanic exit status.
 const GUEST_PANIC: i32 = 81;
@@ -261,7 +261,7 @@ fn guest_sha(stdout: &str) -> Option<String> {
 }
 
 fn tcp_guest_to_host() -> Result<(), String> {
-    let (port, sink) = net::tcp_sink(Duration::from_secs(150), Some(TRANSFER as u64), |_| {});
+    let (port, sink) = net::tcp_sink(WATCHDOG, Some(TRANSFER as u64), |_| {});
     // The guest holds the connection until the host closes it: only then has every byte arrived.
     let cmd = format!(
         "head -c {TRANSFER} /dev/urandom > /tmp/blob && sha256sum /tmp/blob && \
@@ -292,7 +292,7 @@ fn tcp_host_to_guest() -> Result<(), String> {
     let data = net::pattern(TRANSFER);
     let expected = net::sha256(&data);
     let port = free_tcp_port();
-    let source = net::tcp_source(port, data, Duration::from_secs(150));
+    let source = net::tcp_source(port, data, WATCHDOG);
     let cmd = "nc -l -p 5000 -e sh -c 'cat > /tmp/blob'; echo rx-bytes=$(wc -c < /tmp/blob); sha256sum /tmp/blob";
     let publish = format!("127.0.0.1:{port}:5000");
     let out = Boot::new(cmd)
@@ -337,13 +337,7 @@ fn network_survives_a_driver_rebind() -> Result<(), String> {
     let data = net::pattern(REBIND_TRANSFER);
     let expected = net::sha256(&data);
     let port = free_tcp_port();
-    let source = net::tcp_source_paced(
-        port,
-        data,
-        REBIND_PIECE,
-        REBIND_PAUSE,
-        Duration::from_secs(150),
-    );
+    let source = net::tcp_source_paced(port, data, REBIND_PIECE, REBIND_PAUSE, WATCHDOG);
     let cmd = "nc -l -p 5000 -e sh -c 'cat > /tmp/blob' & receiver=$!; \
          for i in $(seq 600); do [ -s /tmp/blob ] && break; sleep 0.02; done; \
          card=$(basename $(readlink /sys/class/net/eth0/device)); \
@@ -411,9 +405,9 @@ fn free_udp_port() -> u16 {
 
 fn udp_both_ways() -> Result<(), String> {
     const COUNT: u32 = 20;
-    let (echo_port, echo) = net::udp_echo(COUNT as usize, Duration::from_secs(150));
+    let (echo_port, echo) = net::udp_echo(COUNT as usize, WATCHDOG);
     let fwd = free_udp_port();
-    let ping = net::udp_ping(fwd, COUNT, Duration::from_secs(150));
+    let ping = net::udp_ping(fwd, COUNT, WATCHDOG);
     let cmd = format!(
         "ft udp-echo 5001 {COUNT} & ft udp-ping {} {echo_port} {COUNT}; r=$?; wait $!; exit $((r + $?))",
         net::GATEWAY
@@ -451,8 +445,8 @@ fn udp_both_ways() -> Result<(), String> {
 /// real passt) carries a valid one.
 fn guest_checksums_are_completed() -> Result<(), String> {
     const COUNT: u32 = 5;
-    let (tcp_port, sink) = net::tcp_sink(Duration::from_secs(150), Some(1 << 20), |_| {});
-    let (udp_port, echo) = net::udp_echo(COUNT as usize, Duration::from_secs(150));
+    let (tcp_port, sink) = net::tcp_sink(WATCHDOG, Some(1 << 20), |_| {});
+    let (udp_port, echo) = net::udp_echo(COUNT as usize, WATCHDOG);
     let record = std::env::temp_dir().join(format!("ferry-relay-{}.frames", std::process::id()));
     let relay = std::env::current_exe().map_err(|e| e.to_string())?;
     let cmd = format!(
@@ -512,7 +506,7 @@ fn guest_checksums_are_completed() -> Result<(), String> {
 }
 
 fn rootless_network() -> Result<(), String> {
-    let (port, sink) = net::tcp_sink(Duration::from_secs(150), Some(1 << 20), |_| {});
+    let (port, sink) = net::tcp_sink(WATCHDOG, Some(1 << 20), |_| {});
     let cmd = format!(
         "head -c 1048576 /dev/urandom > /tmp/blob && sha256sum /tmp/blob && \
          nc {} {port} -e sh -c 'cat /tmp/blob; cat > /dev/null'",
@@ -543,7 +537,7 @@ fn rootless_network() -> Result<(), String> {
 
 fn passt_killed_mid_transfer() -> Result<(), String> {
     let mut killed = false;
-    let (port, sink) = net::tcp_sink(Duration::from_secs(150), None, move |bytes| {
+    let (port, sink) = net::tcp_sink(WATCHDOG, None, move |bytes| {
         if !killed && bytes > 1 << 20 {
             let pids = net::passt_pids();
             eprintln!("    killing passt {pids:?} after {bytes} bytes");
