@@ -108,10 +108,7 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
             return if failed.is_empty() { run.code } else { 1 };
         };
         let Some(&stalled) = pending.first() else {
-            eprintln!(
-                "guest tests: kvm-host {what} after every test had finished",
-                what = hung
-            );
+            eprintln!("guest tests: kvm-host {hung} after every test had finished");
             report_all(attempt, &failed);
             return i32::from(!failed.is_empty());
         };
