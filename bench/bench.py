@@ -27,9 +27,11 @@ qemu-system-x86, passt, iperf3, resources/build-guest.sh, cargo build --release.
 """
 import argparse
 import collections
+import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -405,6 +407,26 @@ def summarize(results, names, ceiling):
     return table
 
 
+def software():
+    """Which passt, QEMU and ferry ran: results move with the passt release
+    (and `passt --version` may say only "unknown version"), so the binaries'
+    digests go with them."""
+    def digest(path):
+        try:
+            with open(path, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()[:16]
+        except (OSError, TypeError):
+            return None
+    try:
+        qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
+                              timeout=10).stdout.partition("\n")[0] or None
+    except (OSError, subprocess.SubprocessError):
+        qemu = None
+    passt = shutil.which("passt")
+    return {"passt": passt, "passt_sha256": digest(passt), "qemu": qemu, "ferry": FERRY,
+            "ferry_sha256": digest(FERRY)}
+
+
 def save(path, data):
     """Writes the results to `path` whole or not at all."""
     with open(path + ".new", "w") as f:
@@ -414,7 +436,7 @@ def save(path, data):
 
 def combine(paths):
     """Pools the runs of earlier invocations' JSON files and prints their table."""
-    results, ceilings = {}, []
+    results, ceilings, builds = {}, [], set()
     for path in paths:
         try:
             with open(path) as f:
@@ -424,6 +446,7 @@ def combine(paths):
             sys.exit(f"bench: {path} is not a bench result ({e!r})")
         for name, runs in data["runs"].items():
             results.setdefault(name, []).extend(runs)
+        builds.add(json.dumps(data.get("software"), sort_keys=True))
         if data.get("loopback_mbit_s"):
             ceilings.append(data["loopback_mbit_s"])
     names = [n for n in ("ferry", "qemu-microvm", "qemu-q35") if n in results]
@@ -431,6 +454,9 @@ def combine(paths):
     ceiling = statistics.median(ceilings) if ceilings else None
     summarize(results, names, ceiling)
     print(f"pooled from {len(paths)} invocations: " + ", ".join(paths))
+    if len(builds) > 1:
+        print("warning: the invocations ran different binaries (passt, QEMU or ferry): "
+              + "; ".join(sorted(builds)))
     # The ratios each invocation had on its own, to show how far they move.
     keys = ("tx1.mbit_s", "rx1.mbit_s", "tx1.vmm_cpu_per_gb", "rx1.vmm_cpu_per_gb")
     print("per invocation, ferry/" + "; ferry/".join(n[5:] for n in names if n.startswith("qemu"))
@@ -464,6 +490,8 @@ def main():
         if not os.path.exists(path):
             sys.exit(f"bench: {path} missing (resources/build-guest.sh; cargo build --release)")
     names = args.vmm.split(",")
+    built = software()
+    print("software: " + ", ".join(f"{k} {v}" for k, v in built.items()), file=sys.stderr)
     iperf = subprocess.Popen(["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     stop = threading.Event()
@@ -491,7 +519,7 @@ def main():
                         results[name].append(r)
                         # Written after every run, so that an invocation cut short keeps its runs.
                         save(args.json, {"runs": results, "loopback_mbit_s": ceiling,
-                                         "seconds": args.seconds, "partial": True})
+                                         "seconds": args.seconds, "software": built, "partial": True})
                         print(f"run {i} {name}: boot {r.get('userspace_s', 0):.1f}s "
                               f"tx {value(r, 'tx1.mbit_s')} rx {value(r, 'rx1.mbit_s')} Mbit/s "
                               f"rr {value(r, 'rr.rr_us')} us", file=sys.stderr)
@@ -500,7 +528,7 @@ def main():
         iperf.terminate()
     table = summarize(results, names, ceiling)
     save(args.json, {"table": table, "runs": results, "loopback_mbit_s": ceiling,
-                     "seconds": args.seconds})
+                     "seconds": args.seconds, "software": built})
     print(f"wrote {args.json}")
 
 
