@@ -5,7 +5,8 @@
 //! large chunks and each frame copied into the guest's RX buffers. When
 //! the guest has no RX buffers the stream is left unread (held back, never
 //! dropped) until it posts more; when passt's socket is full the TX ring
-//! is left alone until it drains.
+//! is left alone until it drains. While the guest streams, the TX ring is
+//! polled on a short timer instead of the guest notifying each frame.
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,6 +22,7 @@ use ferry_net_passt::{Decoder, FrameWriter, OutFrame};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::rx::{self, RxBuffer};
 use super::tx;
@@ -262,6 +264,25 @@ const RX_KICK: u32 = 0;
 const TX_KICK: u32 = 1;
 const BACKEND: u32 = 2;
 const STOP: u32 = 3;
+const TX_POLL: u32 = 4;
+
+/// While the guest streams, the TX ring is looked at again this long after
+/// it ran empty, instead of asking the guest to notify: each notification
+/// is a VM exit on the guest's side, a look is one timer wake-up here for
+/// however many frames came meanwhile.
+const TX_POLL_DELAY: Duration = Duration::from_micros(200);
+
+/// The guest streams when the TX ring runs empty again less than this after
+/// it last did (small frames back to back: UDP, or TCP at full rate). An
+/// occasional frame (an ACK, a ping) keeps its notification: it would
+/// otherwise wait for the timer.
+const TX_STREAMING_GAP: Duration = Duration::from_micros(400);
+
+/// Whether the guest streams, the TX ring having run empty at `now` and
+/// before that at `last` (see [`TX_STREAMING_GAP`]).
+fn tx_streaming(last: Option<Instant>, now: Instant) -> bool {
+    last.is_some_and(|last| now.saturating_duration_since(last) < TX_STREAMING_GAP)
+}
 
 /// Most TX chains gathered for one round of writes.
 const TX_BATCH: usize = 64;
@@ -305,6 +326,11 @@ pub struct NetWorker {
     tx_blocked: bool,
     interest: EventSet,
     stopped: bool,
+    /// Wakes the data path to look at the TX ring while the guest streams
+    /// (none if the timer could not be made: then every frame is notified).
+    tx_poll: Option<TimerFd>,
+    /// When the TX ring last ran empty after frames were sent.
+    tx_emptied: Option<Instant>,
 }
 
 impl NetWorker {
@@ -334,6 +360,10 @@ impl NetWorker {
             tx_blocked: false,
             interest: EventSet::empty(),
             stopped: false,
+            tx_poll: TimerFd::new()
+                .map_err(|e| log::warn!("net{}: no TX poll timer: {e}", parts.id))
+                .ok(),
+            tx_emptied: None,
             p: Link {
                 id: parts.id,
                 mem: parts.mem,
@@ -418,6 +448,7 @@ impl NetWorker {
         let mem = self.p.mem.clone();
         let mut used_any = false;
         let mut rechecked = false;
+        let mut sent_any = false;
         loop {
             let Some(stream) = self.p.backend.as_ref() else {
                 used_any |= self.drop_tx(&mem);
@@ -475,6 +506,18 @@ impl NetWorker {
                     }
                 }
             }
+            if frames.is_empty() && sent_any {
+                let now = Instant::now();
+                let streaming = tx_streaming(self.tx_emptied.replace(now), now);
+                if let (true, Some(timer)) = (streaming, self.tx_poll.as_mut()) {
+                    // Notifications stay off (with EVENT_IDX the guest
+                    // notifies only past the index last asked for).
+                    match timer.reset(TX_POLL_DELAY, None) {
+                        Ok(()) => break,
+                        Err(e) => log::warn!("net{}: TX poll timer: {e}", self.p.id),
+                    }
+                }
+            }
             if frames.is_empty() {
                 // "More available" with nothing to pop means a ring index the
                 // driver broke: check once more, then stop rather than spin.
@@ -521,6 +564,7 @@ impl NetWorker {
                 self.tx_sent(&mem, *head, *len);
             }
             used_any |= written.whole > 0;
+            sent_any |= written.whole > 0;
             let mut unsent = heads.len() - written.whole;
             if written.started {
                 self.tx_started = Some((heads[written.whole], lens[written.whole]));
@@ -707,6 +751,16 @@ impl MutEventSubscriber for NetWorker {
                     }
                 }
             }
+            TX_POLL => {
+                if let Some(timer) = self.tx_poll.as_mut() {
+                    // Clear the expiry, unless a TX round re-armed the timer
+                    // since it fired (which cleared it, and a read would block).
+                    if !timer.is_armed().unwrap_or(true) {
+                        let _ = timer.wait();
+                    }
+                }
+                self.process_tx(ops);
+            }
             STOP => {
                 let _ = self.p.stop.read();
                 self.stopped = true;
@@ -723,6 +777,12 @@ impl MutEventSubscriber for NetWorker {
         ] {
             if let Err(e) = ops.add(Events::with_data(fd, token, EventSet::IN)) {
                 log::error!("net{}: cannot watch an eventfd: {e:?}", self.p.id);
+            }
+        }
+        if let Some(timer) = self.tx_poll.as_ref() {
+            if let Err(e) = ops.add(Events::with_data(timer, TX_POLL, EventSet::IN)) {
+                log::warn!("net{}: cannot watch the TX poll timer: {e:?}", self.p.id);
+                self.tx_poll = None;
             }
         }
         if let Some(stream) = self.p.backend.as_ref() {
@@ -756,6 +816,15 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    #[test]
+    fn the_ring_streams_only_when_it_ran_empty_twice_in_quick_succession() {
+        let now = Instant::now();
+        assert!(!tx_streaming(None, now), "a first frame is notified");
+        assert!(tx_streaming(Some(now - TX_STREAMING_GAP / 2), now));
+        assert!(!tx_streaming(Some(now - TX_STREAMING_GAP), now));
+        assert!(!tx_streaming(Some(now - Duration::from_millis(5)), now));
+    }
 
     const NEXT: u16 = 1;
     const WRITE: u16 = 2;
