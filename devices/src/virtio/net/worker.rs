@@ -278,6 +278,18 @@ const TX_POLL_DELAY: Duration = Duration::from_micros(200);
 /// otherwise wait for the timer.
 const TX_STREAMING_GAP: Duration = Duration::from_micros(400);
 
+/// The TX poll timer, non-blocking: a TX round may re-arm it between its
+/// expiry and the event's handling, which clears the expiry, and reading it
+/// then must not wait for the next one.
+fn tx_poll_timer() -> io::Result<TimerFd> {
+    let timer = TimerFd::new().map_err(io::Error::from)?;
+    // SAFETY: fcntl on a descriptor the timer owns; it only sets a status flag.
+    if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(timer)
+}
+
 /// Whether the guest streams, the TX ring having run empty at `now` and
 /// before that at `last` (see [`TX_STREAMING_GAP`]).
 fn tx_streaming(last: Option<Instant>, now: Instant) -> bool {
@@ -360,7 +372,7 @@ impl NetWorker {
             tx_blocked: false,
             interest: EventSet::empty(),
             stopped: false,
-            tx_poll: TimerFd::new()
+            tx_poll: tx_poll_timer()
                 .map_err(|e| log::warn!("net{}: no TX poll timer: {e}", parts.id))
                 .ok(),
             tx_emptied: None,
@@ -753,11 +765,8 @@ impl MutEventSubscriber for NetWorker {
             }
             TX_POLL => {
                 if let Some(timer) = self.tx_poll.as_mut() {
-                    // Clear the expiry, unless a TX round re-armed the timer
-                    // since it fired (which cleared it, and a read would block).
-                    if !timer.is_armed().unwrap_or(true) {
-                        let _ = timer.wait();
-                    }
+                    // Clears the expiry (nothing to read if a TX round re-armed it).
+                    let _ = timer.wait();
                 }
                 self.process_tx(ops);
             }
@@ -824,6 +833,15 @@ mod tests {
         assert!(tx_streaming(Some(now - TX_STREAMING_GAP / 2), now));
         assert!(!tx_streaming(Some(now - TX_STREAMING_GAP), now));
         assert!(!tx_streaming(Some(now - Duration::from_millis(5)), now));
+    }
+
+    #[test]
+    fn reading_a_poll_timer_that_has_not_fired_does_not_wait() {
+        let mut timer = tx_poll_timer().unwrap();
+        timer.reset(Duration::from_secs(60), None).unwrap();
+        let started = Instant::now();
+        assert!(timer.wait().is_err(), "nothing to read yet");
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     const NEXT: u16 = 1;
