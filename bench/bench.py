@@ -20,6 +20,11 @@ for each figure, and writes everything to JSON. A run whose transfer fails
 or whose guest does not finish is reported and retried once; it never
 counts as fast.
 
+Optional reference, not in the default set: qemu-q35-vhost-user, q35 whose
+virtio-net is passt itself over vhost-user (passt --vhost-user, guest memory
+shared with passt). It needs a passt built with vhost-user (2024 releases on;
+Debian 12's is older) and shows what that different design buys.
+
 Usage: bench/bench.py [--runs N] [--vmm ferry,qemu-microvm,qemu-q35] [--json FILE] [--seconds S]
        bench/bench.py --combine A.json B.json ...   (pool earlier invocations' runs)
 Needs: a /dev/kvm that boots stock guests (inside ../shared/kvm-host here),
@@ -51,6 +56,13 @@ GW = "192.0.2.254"
 IPERF_PORT = 5201
 RR_PORT = 5202
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# QEMU's machine, virtio-net device and extra guest command line per VMM name.
+QEMU_MACHINES = {
+    "qemu-microvm": ("microvm,acpi=on", "virtio-net-device", "pci=off"),
+    "qemu-q35": ("q35", "virtio-net-pci", ""),
+    "qemu-q35-vhost-user": ("q35", "virtio-net-pci", ""),
+}
+VMMS = ("ferry", *QEMU_MACHINES)
 
 
 def guest_script(seconds):
@@ -133,7 +145,8 @@ class Vmm:
         sock = os.path.join(self.tmp, f"passt-{self.name}.sock")
         if os.path.exists(sock):
             os.unlink(sock)
-        self.passt = subprocess.Popen(["passt", "-f", "-1", "-s", sock], stdin=subprocess.DEVNULL,
+        vhost_user = ["--vhost-user"] if self.vhost_user() else []
+        self.passt = subprocess.Popen(["passt", "-f", "-1", *vhost_user, "-s", sock], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(500):
             if os.path.exists(sock):
@@ -142,17 +155,23 @@ class Vmm:
         # passt creates the socket file before it listens on it: QEMU's
         # stream netdev does not retry a refused connection.
         time.sleep(0.5)
-        machine, dev, extra = {
-            "qemu-microvm": ("microvm,acpi=on", "virtio-net-device", "pci=off"),
-            "qemu-q35": ("q35", "virtio-net-pci", ""),
-        }[self.name]
+        machine, dev, extra = QEMU_MACHINES[self.name]
+        if self.vhost_user():
+            # passt reads and writes guest memory itself: it must be shared.
+            netdev = ["-object", f"memory-backend-memfd,id=mem,size={MEM_MIB}M,share=on",
+                      "-numa", "node,memdev=mem", "-chardev", f"socket,id=c0,path={sock}",
+                      "-netdev", "vhost-user,id=n0,chardev=c0"]
+        else:
+            netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"]
         cmd = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-M", machine,
                "-m", str(MEM_MIB), "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
                "-no-reboot", "-serial", "stdio", "-kernel", KERNEL, "-initrd", INITRD,
                "-append", f"{BASE} {extra} -- \"{cmdline_tail}\"",
-               "-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
-               "-device", f"{dev},netdev=n0,mac={MAC}"]
+               *netdev, "-device", f"{dev},netdev=n0,mac={MAC}"]
         return self.popen(cmd)
+
+    def vhost_user(self):
+        return self.name.endswith("-vhost-user")
 
     def stderr_path(self):
         return os.path.join(self.tmp, f"{self.name}.stderr")
@@ -388,7 +407,10 @@ def summarize(results, names, ceiling):
     """Prints the table of medians [min-max] and ratios ferry/QEMU; returns it."""
     table = build_table(results, names)
     qemus = [n for n in names if n.startswith("qemu")]
-    head = f"{'figure':<36}" + "".join(f"{n:>24}" for n in names) + "".join(f"{'ferry/' + q[5:]:>16}" for q in qemus)
+    # Each ratio column as wide as its heading, and at least 16.
+    widths = [max(16, len("ferry/" + q[5:]) + 2) for q in qemus]
+    head = f"{'figure':<36}" + "".join(f"{n:>24}" for n in names) + "".join(
+        f"{'ferry/' + q[5:]:>{w}}" for q, w in zip(qemus, widths))
     print(head)
     for key, label, _ in FIGURES:
         row = f"{label:<36}"
@@ -398,9 +420,9 @@ def summarize(results, names, ceiling):
                 row += f"{'-':>24}"
             else:
                 row += f"{c['median']:>10.4g} [{c['min']:.3g}-{c['max']:.3g}]".rjust(24)
-        for q in qemus:
+        for q, w in zip(qemus, widths):
             f, qv = table[key].get("ferry", {}).get("median"), table[key][q]["median"]
-            row += f"{(f / qv):>16.2f}" if f is not None and qv else f"{'-':>16}"
+            row += f"{(f / qv):>{w}.2f}" if f is not None and qv else f"{'-':>{w}}"
         print(row)
     print(f"loopback ceiling (iperf3 on the host's loopback): {ceiling} Mbit/s")
     print("medians of " + ", ".join(f"{len(results[n])} {n}" for n in names) + " runs; [min-max]")
@@ -427,6 +449,15 @@ def software():
             "ferry_sha256": digest(FERRY)}
 
 
+def passt_has_vhost_user():
+    """Whether the passt in PATH was built with vhost-user."""
+    try:
+        out = subprocess.run(["passt", "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--vhost-user" in out.stdout + out.stderr
+
+
 def save(path, data):
     """Writes the results to `path` whole or not at all."""
     with open(path + ".new", "w") as f:
@@ -449,7 +480,7 @@ def combine(paths):
         builds.add(json.dumps(data.get("software"), sort_keys=True))
         if data.get("loopback_mbit_s"):
             ceilings.append(data["loopback_mbit_s"])
-    names = [n for n in ("ferry", "qemu-microvm", "qemu-q35") if n in results]
+    names = [n for n in VMMS if n in results]
     names += [n for n in results if n not in names]
     ceiling = statistics.median(ceilings) if ceilings else None
     summarize(results, names, ceiling)
@@ -490,6 +521,12 @@ def main():
         if not os.path.exists(path):
             sys.exit(f"bench: {path} missing (resources/build-guest.sh; cargo build --release)")
     names = args.vmm.split(",")
+    unknown = [n for n in names if n not in VMMS]
+    if unknown:
+        sys.exit(f"bench: unknown --vmm {','.join(unknown)} (known: {','.join(VMMS)})")
+    if any(n.endswith("-vhost-user") for n in names) and not passt_has_vhost_user():
+        sys.exit(f"bench: {shutil.which('passt')} has no --vhost-user (2024 releases on have it): "
+                 "put such a passt first in PATH, or leave qemu-q35-vhost-user out")
     built = software()
     print("software: " + ", ".join(f"{k} {v}" for k, v in built.items()), file=sys.stderr)
     iperf = subprocess.Popen(["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
