@@ -287,8 +287,12 @@ fn handle_exit(exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus) -> Result<(), E
         }
         // With the in-kernel LAPIC, HLT stays in KVM; nothing to do if it does not.
         VcpuExit::Hlt => {}
-        // A triple fault: the CPU resets.
-        VcpuExit::Shutdown => return Err(ExitReason::Reset),
+        // A triple fault: the CPU resets. Said apart from a requested
+        // reboot, since it usually means a crashed guest.
+        VcpuExit::Shutdown => {
+            log::warn!("the guest's CPU triple-faulted (KVM_EXIT_SHUTDOWN)");
+            return Err(ExitReason::Reset);
+        }
         VcpuExit::SystemEvent(kind, _) => {
             return Err(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,

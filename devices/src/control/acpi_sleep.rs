@@ -46,6 +46,7 @@ impl BusDevice for AcpiSleep {
     fn write(&mut self, _offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         if value == self.reset_value {
+            log::info!("ACPI: the guest wrote the reset value");
             self.vm_end.request(ExitReason::Reset);
         } else if value & SLP_EN != 0 {
             match (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK {

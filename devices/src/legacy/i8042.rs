@@ -157,7 +157,10 @@ impl I8042 {
             0xc0 => self.push_controller(0x00),
             0xd0 => self.push_controller(0x01),
             // Pulse output lines: bit 0 low is the CPU reset.
-            0xf0..=0xff if command & 1 == 0 => self.vm_end.request(ExitReason::Reset),
+            0xf0..=0xff if command & 1 == 0 => {
+                log::info!("i8042: the guest pulsed the CPU reset line");
+                self.vm_end.request(ExitReason::Reset);
+            }
             _ => log::debug!("i8042: ignored controller command 0x{command:02x}"),
         }
     }
