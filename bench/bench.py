@@ -146,8 +146,9 @@ class Vmm:
         if os.path.exists(sock):
             os.unlink(sock)
         vhost_user = ["--vhost-user"] if self.vhost_user() else []
-        self.passt = subprocess.Popen(["passt", "-f", "-1", *vhost_user, "-s", sock], stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.passt = subprocess.Popen(["passt", "-f", "-1", *vhost_user, "-s", sock],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
         for _ in range(500):
             if os.path.exists(sock):
                 break
@@ -171,6 +172,7 @@ class Vmm:
         return self.popen(cmd)
 
     def vhost_user(self):
+        """Whether passt is this QEMU's virtio-net backend (vhost-user) instead of a stream netdev."""
         return self.name.endswith("-vhost-user")
 
     def stderr_path(self):
