@@ -22,8 +22,8 @@ counts as fast.
 
 Optional reference, not in the default set: qemu-q35-vhost-user, q35 whose
 virtio-net is passt itself over vhost-user (passt --vhost-user, guest memory
-shared with passt). It needs a passt built with vhost-user (2024 releases on;
-Debian 12's is older) and shows what that different design buys.
+shared with passt). It needs a passt built with vhost-user (Debian 13's
+2025_05_03 has it, Debian 12's does not) and shows what that different design buys.
 
 Usage: bench/bench.py [--runs N] [--vmm ferry,qemu-microvm,qemu-q35] [--json FILE] [--seconds S]
        bench/bench.py --combine A.json B.json ...   (pool earlier invocations' runs)
@@ -527,7 +527,7 @@ def main():
     if unknown:
         sys.exit(f"bench: unknown --vmm {','.join(unknown)} (known: {','.join(VMMS)})")
     if any(n.endswith("-vhost-user") for n in names) and not passt_has_vhost_user():
-        sys.exit(f"bench: {shutil.which('passt')} has no --vhost-user (2024 releases on have it): "
+        sys.exit(f"bench: {shutil.which('passt')} has no --vhost-user (Debian 13's passt has it): "
                  "put such a passt first in PATH, or leave qemu-q35-vhost-user out")
     built = software()
     print("software: " + ", ".join(f"{k} {v}" for k, v in built.items()), file=sys.stderr)
