@@ -65,6 +65,11 @@ QEMU_MACHINES = {
 VMMS = ("ferry", *QEMU_MACHINES)
 
 
+def is_vhost_user(name):
+    """Whether passt is this QEMU's virtio-net backend (vhost-user) instead of a stream netdev."""
+    return name.endswith("-vhost-user")
+
+
 def guest_script(seconds):
     """The guest's part: phases between markers, then poweroff. No double quotes."""
     # -i 0: no per-second reports. Each console byte is a trapped port write,
@@ -145,7 +150,7 @@ class Vmm:
         sock = os.path.join(self.tmp, f"passt-{self.name}.sock")
         if os.path.exists(sock):
             os.unlink(sock)
-        vhost_user = ["--vhost-user"] if self.vhost_user() else []
+        vhost_user = ["--vhost-user"] if is_vhost_user(self.name) else []
         self.passt = subprocess.Popen(["passt", "-f", "-1", *vhost_user, "-s", sock],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
@@ -157,7 +162,7 @@ class Vmm:
         # stream netdev does not retry a refused connection.
         time.sleep(0.5)
         machine, dev, extra = QEMU_MACHINES[self.name]
-        if self.vhost_user():
+        if is_vhost_user(self.name):
             # passt reads and writes guest memory itself: it must be shared.
             netdev = ["-object", f"memory-backend-memfd,id=mem,size={MEM_MIB}M,share=on",
                       "-numa", "node,memdev=mem", "-chardev", f"socket,id=c0,path={sock}",
@@ -170,10 +175,6 @@ class Vmm:
                "-append", f"{BASE} {extra} -- \"{cmdline_tail}\"",
                *netdev, "-device", f"{dev},netdev=n0,mac={MAC}"]
         return self.popen(cmd)
-
-    def vhost_user(self):
-        """Whether passt is this QEMU's virtio-net backend (vhost-user) instead of a stream netdev."""
-        return self.name.endswith("-vhost-user")
 
     def stderr_path(self):
         return os.path.join(self.tmp, f"{self.name}.stderr")
@@ -526,7 +527,7 @@ def main():
     unknown = [n for n in names if n not in VMMS]
     if unknown:
         sys.exit(f"bench: unknown --vmm {','.join(unknown)} (known: {','.join(VMMS)})")
-    if any(n.endswith("-vhost-user") for n in names) and not passt_has_vhost_user():
+    if any(is_vhost_user(n) for n in names) and not passt_has_vhost_user():
         sys.exit(f"bench: {shutil.which('passt')} has no --vhost-user (Debian 13's passt has it): "
                  "put such a passt first in PATH, or leave qemu-q35-vhost-user out")
     built = software()
