@@ -67,6 +67,7 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
     // In the order the run inside takes them: the first is the one running
     // when kvm-host hangs.
     let mut pending: Vec<&str> = tests::selected(filter).iter().map(|t| t.name).collect();
+    let asked = pending.len();
     let mut failed: Vec<String> = Vec::new();
     let mut stalled_once: Vec<&str> = Vec::new();
     let mut args = filter.to_vec();
@@ -95,7 +96,7 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
             format!("ended with {}", run.code)
         } else {
             if attempt > 1 {
-                report_all(attempt, &failed);
+                report_all(attempt, asked, pending.len(), &failed);
             }
             if !pending.is_empty() && failed.is_empty() {
                 eprintln!(
@@ -109,7 +110,7 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
         };
         let Some(&stalled) = pending.first() else {
             eprintln!("guest tests: kvm-host {hung} after every test had finished");
-            report_all(attempt, &failed);
+            report_all(attempt, asked, pending.len(), &failed);
             return i32::from(!failed.is_empty());
         };
         if stalled_once.contains(&stalled) {
@@ -124,7 +125,7 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
             stalled_once.push(stalled);
         }
         if pending.is_empty() {
-            report_all(attempt, &failed);
+            report_all(attempt, asked, pending.len(), &failed);
             return 1;
         }
         if attempt == KVM_HOST_RUNS {
@@ -132,7 +133,7 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
                 "guest tests: kvm-host failed {attempt} times; not finished: {}",
                 pending.join(" ")
             );
-            report_all(attempt, &failed);
+            report_all(attempt, asked, pending.len(), &failed);
             return 1;
         }
         eprintln!(
@@ -145,14 +146,21 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
     1
 }
 
-/// The verdict over several kvm-host runs, whose own summaries each tell only their part.
-fn report_all(runs: usize, failed: &[String]) {
+/// The verdict over several kvm-host runs, whose own summaries each tell only their part:
+/// of the `asked` tests, those neither `unfinished` nor `failed` passed.
+fn report_all(runs: usize, asked: usize, unfinished: usize, failed: &[String]) {
+    let passed = asked.saturating_sub(unfinished + failed.len());
     eprintln!(
-        "guest tests, all {runs} kvm-host runs together: failed: {}",
+        "guest tests, all {runs} kvm-host runs together: {passed} of {asked} passed; failed: {}{}",
         if failed.is_empty() {
             "none".to_string()
         } else {
             failed.join(" ")
+        },
+        if unfinished == 0 {
+            String::new()
+        } else {
+            format!("; not finished: {unfinished}")
         }
     );
 }
