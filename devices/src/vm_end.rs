@@ -24,7 +24,7 @@ pub enum ExitReason {
     Failure(String),
     /// The host asked ferry to stop, with this signal.
     HostSignal(i32),
-    /// The time the user allowed (`--timeout`) ran out.
+    /// The time the user allowed ran out.
     Timeout,
 }
 

@@ -21,7 +21,7 @@ const THREAD_STACK: usize = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The passt binary is not there.
-    #[error("passt not found ({0}): install it (apt-get install passt), pass --passt PATH, or use --net none")]
+    #[error("passt not found ({0}): install it (apt-get install passt)")]
     NotFound(String),
     /// The socket pair could not be created.
     #[error("cannot create the socket pair for passt")]
