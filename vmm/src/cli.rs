@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// The default kernel command line: serial console, reboot through the
 /// keyboard controller, reboot at once on panic, no slow i8042 probe.
@@ -16,11 +16,11 @@ pub const DEFAULT_MAC: &str = "02:66:72:72:79:01";
 
 /// Boot a Linux guest on KVM, networked through passt.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, after_help = EXIT_STATUS_HELP)]
+#[command(name = "ferry", version, about, after_help = crate::exit_status::help())]
 pub struct Cli {
     /// Guest kernel: a bzImage or an ELF vmlinux.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "print_cmdline")]
+    pub kernel: Option<PathBuf>,
 
     /// Initramfs to load next to the kernel.
     #[arg(long, value_name = "PATH")]
@@ -30,10 +30,15 @@ pub struct Cli {
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     pub cmdline: String,
 
+    /// Print the kernel command line the guest would get (after --cmdline
+    /// and --virtio) and exit.
+    #[arg(long)]
+    pub print_cmdline: bool,
+
     /// Where virtio devices sit: `pci` (PCI bus 0, MSI-X interrupts) or
     /// `mmio` (virtio-mmio windows in the DSDT, for kernels without PCI).
-    #[arg(long, value_name = "pci|mmio", default_value = "pci")]
-    pub virtio: String,
+    #[arg(long, value_name = "pci|mmio", value_enum, default_value_t = Transport::Pci, hide_possible_values = true)]
+    pub virtio: Transport,
 
     /// Number of vCPUs (1-254).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -70,8 +75,8 @@ pub struct Cli {
 
     /// Networking: `passt` (a virtio-net card wired to a passt that ferry
     /// starts and stops) or `none`.
-    #[arg(long, value_name = "passt|none", default_value = "passt")]
-    pub net: String,
+    #[arg(long, value_name = "passt|none", value_enum, default_value_t = NetKind::Passt, hide_possible_values = true)]
+    pub net: NetKind,
 
     /// The card's MAC address.
     #[arg(long, value_name = "MAC", default_value = DEFAULT_MAC)]
@@ -99,19 +104,23 @@ pub struct Cli {
     pub log_level: log::LevelFilter,
 }
 
-/// The exit statuses, shown at the end of `--help`.
-pub const EXIT_STATUS_HELP: &str = "\
-Exit status:
-  0        the guest powered off or halted (or wrote 0 to the exit-status register)
-  N        the guest wrote N to the exit-status register at 0xd0000000
-  2        bad command line or configuration (kernel, initrd, sizes)
-  3        KVM is not usable here (/dev/kvm missing, no permission, PVM)
-  4        ferry or KVM failed while the guest ran
-  80       the guest reset or rebooted (also a panic with panic=-1 and no pvpanic)
-  81       the guest kernel panicked (pvpanic)
-  124      --timeout ran out; the VM was stopped
-  128+N    ferry was stopped by signal N (SIGTERM/SIGINT: after the guest shut
-           down, or after --shutdown-grace; a second signal stops it at once)";
+/// How virtio devices reach the guest (`--virtio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// virtio-pci on PCI bus 0, with MSI-X interrupts.
+    Pci,
+    /// virtio-mmio windows described in the DSDT, one interrupt line each.
+    Mmio,
+}
+
+/// What the guest's network card is wired to (`--net`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetKind {
+    /// A virtio-net card wired to a passt that ferry starts and stops.
+    Passt,
+    /// No network card.
+    None,
+}
 
 /// Parses a log level name.
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {

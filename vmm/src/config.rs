@@ -5,7 +5,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Cli, DEFAULT_CMDLINE};
+pub use crate::cli::Transport;
+use crate::cli::{Cli, NetKind, DEFAULT_CMDLINE};
 
 /// Smallest guest memory ferry accepts, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -26,6 +27,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// No kernel was named.
+    #[error("no kernel: --kernel PATH is required")]
+    NoKernel,
     /// The path names a directory or something else that is not a file.
     #[error("the {what} {path} is not a regular file")]
     NotAFile {
@@ -48,9 +52,6 @@ pub enum Error {
     /// The console option is malformed.
     #[error("--console {0}: expected stdio, file:PATH or none")]
     Console(String),
-    /// The network option is unknown.
-    #[error("--net {0}: expected passt or none")]
-    Net(String),
     /// The MAC address is malformed.
     #[error(
         "--mac {0}: expected six hex bytes separated by colons, unicast (e.g. 02:00:00:00:00:01)"
@@ -87,12 +88,10 @@ pub enum Error {
         /// Its room.
         max: usize,
     },
-    /// The virtio transport is unknown.
-    #[error("--virtio {0}: use pci or mmio")]
-    Virtio(String),
-    /// passt is not installed (or not where --passt says).
-    #[error("passt not found ({0}): install it (apt-get install passt), pass --passt PATH, or use --net none")]
-    PasstMissing(String),
+    /// passt is not installed (or not where --passt says): the launcher's
+    /// error, with the options that avoid it.
+    #[error("{0}, pass --passt PATH, or use --net none")]
+    PasstMissing(ferry_net_passt::launcher::Error),
 }
 
 /// The guest's network.
@@ -184,21 +183,12 @@ impl Transport {
             Transport::Mmio => "mmio",
         }
     }
-
-    /// The transport `--virtio` names.
-    fn from_cli(name: &str) -> Result<Self, Error> {
-        match name {
-            "pci" => Ok(Transport::Pci),
-            "mmio" => Ok(Transport::Mmio),
-            other => Err(Error::Virtio(other.to_string())),
-        }
-    }
 }
 
 /// The kernel command line for `transport`: the default one gets `pci=off`
 /// without a PCI bus; a given one that turns PCI off while the devices are
 /// on it gets a warning.
-fn cmdline_for(cmdline: &str, transport: Transport) -> String {
+pub fn cmdline_for(cmdline: &str, transport: Transport) -> String {
     let pci_off = cmdline
         .split_whitespace()
         .take_while(|word| *word != "--")
@@ -219,9 +209,9 @@ fn cmdline_for(cmdline: &str, transport: Transport) -> String {
 impl Net {
     /// The network the command line asks for.
     fn from_cli(cli: &Cli) -> Result<Self, Error> {
-        match cli.net.as_str() {
-            "none" => Ok(Net::None),
-            "passt" => {
+        match cli.net {
+            NetKind::None => Ok(Net::None),
+            NetKind::Passt => {
                 let mac = parse_mac(&cli.mac)?;
                 let mut args = Vec::new();
                 for spec in &cli.publish {
@@ -229,14 +219,16 @@ impl Net {
                 }
                 args.extend(cli.passt_args.iter().cloned());
                 // Checked here, so that a missing passt is reported before anything starts.
-                let binary = ferry_net_passt::launcher::resolve(&cli.passt)
-                    .ok_or_else(|| Error::PasstMissing(cli.passt.display().to_string()))?;
+                let binary = ferry_net_passt::launcher::resolve(&cli.passt).ok_or_else(|| {
+                    Error::PasstMissing(ferry_net_passt::launcher::Error::NotFound(
+                        cli.passt.display().to_string(),
+                    ))
+                })?;
                 Ok(Net::Passt {
                     mac,
                     passt: ferry_net_passt::PasstConfig { binary, args },
                 })
             }
-            other => Err(Error::Net(other.to_string())),
         }
     }
 }
@@ -347,15 +339,6 @@ pub struct VmConfig {
     pub transport: Transport,
 }
 
-/// How virtio devices reach the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// virtio-pci on PCI bus 0, with MSI-X interrupts.
-    Pci,
-    /// virtio-mmio windows described in the DSDT, one interrupt line each.
-    Mmio,
-}
-
 /// Opens `path` as a regular file.
 fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {
     let file = File::open(path).map_err(|source| Error::Open {
@@ -414,7 +397,7 @@ impl VmConfig {
             .iter()
             .map(|s| parse_disk(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let transport = Transport::from_cli(&cli.virtio)?;
+        let transport = cli.virtio;
         let net = Net::from_cli(cli)?;
         let devices = specs.len() + usize::from(net != Net::None);
         if devices > transport.max_devices() {
@@ -424,7 +407,8 @@ impl VmConfig {
                 max: transport.max_devices(),
             });
         }
-        let kernel = open_file("kernel", &cli.kernel)?;
+        let kernel_path = cli.kernel.as_deref().ok_or(Error::NoKernel)?;
+        let kernel = open_file("kernel", kernel_path)?;
         let initrd = cli
             .initrd
             .as_deref()
@@ -490,9 +474,6 @@ mod tests {
             cmdline_for("pci=off -- echo pci=off", Transport::Pci),
             "pci=off -- echo pci=off"
         );
-        assert_eq!(Transport::from_cli("pci").unwrap(), Transport::Pci);
-        assert_eq!(Transport::from_cli("mmio").unwrap(), Transport::Mmio);
-        assert!(matches!(Transport::from_cli("ccw"), Err(Error::Virtio(_))));
     }
 
     #[test]

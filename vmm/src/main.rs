@@ -1,36 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //! ferry: boot a Linux guest on KVM, networked through passt.
 
-mod cli;
-mod config;
-mod console;
-mod event_loop;
-mod kvm;
-mod logger;
-mod memory;
-mod vcpu;
-mod vm;
-
 use std::time::Instant;
 
 use clap::Parser;
-use ferry_devices::vm_end::ExitReason;
-
-/// Exit statuses of ferry itself (the guest's own status passes through).
-mod status {
-    /// Bad command line or configuration.
-    pub const BAD_CONFIG: i32 = 2;
-    /// KVM missing or unusable.
-    pub const KVM_UNAVAILABLE: i32 = 3;
-    /// ferry or KVM failed while the guest ran.
-    pub const VMM_FAILURE: i32 = 4;
-    /// The guest reset or rebooted.
-    pub const GUEST_RESET: i32 = 80;
-    /// The guest kernel panicked.
-    pub const GUEST_PANIC: i32 = 81;
-    /// `--timeout` ran out (as coreutils `timeout` reports it).
-    pub const TIMEOUT: i32 = 124;
-}
+use ferry::{cli, config, exit_status, logger, vm};
 
 /// Prints `err` and its causes on one line.
 fn report(err: &dyn std::error::Error) {
@@ -44,60 +18,38 @@ fn report(err: &dyn std::error::Error) {
     log::error!("{line}");
 }
 
-/// ferry's exit status for the way the VM ended.
-fn exit_status(reason: &ExitReason) -> i32 {
-    match reason {
-        ExitReason::PowerOff => {
-            log::info!("the guest powered off");
-            0
-        }
-        ExitReason::Halt => {
-            log::info!("the guest halted");
-            0
-        }
-        ExitReason::GuestStatus(status) => {
-            log::info!("the guest exited with status {status}");
-            i32::from(*status)
-        }
-        ExitReason::Reset => {
-            log::warn!("the guest reset or rebooted; the VM is stopped");
-            status::GUEST_RESET
-        }
-        ExitReason::Panic => {
-            log::error!("the guest kernel panicked");
-            status::GUEST_PANIC
-        }
-        ExitReason::Failure(msg) => {
-            log::error!("{msg}");
-            status::VMM_FAILURE
-        }
-        ExitReason::HostSignal(sig) => 128 + sig,
-        ExitReason::Timeout => {
-            log::warn!("the time allowed ran out; the VM was stopped");
-            status::TIMEOUT
-        }
-    }
-}
-
 fn main() {
     let start = Instant::now();
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::try_parse().unwrap_or_else(|e| {
+        // --help and --version print and succeed; a bad command line is
+        // BAD_CONFIG like any other configuration error.
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() {
+            exit_status::BAD_CONFIG
+        } else {
+            exit_status::SUCCESS
+        })
+    });
     logger::init(cli.log_level);
+    if cli.print_cmdline {
+        println!("{}", config::cmdline_for(&cli.cmdline, cli.virtio));
+        return;
+    }
     let code = match config::VmConfig::from_cli(&cli) {
         Err(e) => {
             report(&e);
-            status::BAD_CONFIG
+            exit_status::BAD_CONFIG
         }
         Ok(config) => match vm::run(config, start) {
-            Ok(reason) => exit_status(&reason),
+            Ok(reason) => exit_status::for_reason(&reason),
             Err(e) => {
                 report(&e);
                 if e.is_bad_input() {
-                    status::BAD_CONFIG
+                    exit_status::BAD_CONFIG
                 } else if e.is_kvm_unavailable() {
-                    status::KVM_UNAVAILABLE
+                    exit_status::KVM_UNAVAILABLE
                 } else {
-                    status::VMM_FAILURE
+                    exit_status::VMM_FAILURE
                 }
             }
         },
