@@ -9,11 +9,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest_file, run, Outcome, FERRY};
+use common::{guest_file, readme, run, Outcome, FERRY};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const BAD_CONFIG: i32 = 2;
-const KVM_UNAVAILABLE: i32 = 3;
+use ferry::exit_status::{BAD_CONFIG, KVM_UNAVAILABLE};
 
 fn ferry(args: &[&str]) -> Outcome {
     let mut cmd = Command::new(FERRY);
@@ -50,8 +49,57 @@ fn assert_error(out: &Outcome, status: i32, needle: &str) {
     assert!(!out.stderr.contains("panicked"), "{}", out.describe());
 }
 
+/// Asserts a command-line error as the parser reports it: status 2, the
+/// error and the valid values named, no panic.
+fn assert_usage_error(out: &Outcome, needle: &str) {
+    assert_eq!(out.status, Some(BAD_CONFIG), "{}", out.describe());
+    assert!(
+        out.stderr.contains(&format!("error: {needle}")),
+        "error should say {needle:?}: {}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("possible values"), "{}", out.describe());
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+}
+
 fn kernel() -> String {
     guest_file("vmlinuz").unwrap().display().to_string()
+}
+
+/// The `--option` words of `text`.
+fn long_options(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_synopsis_lists_every_option_of_help() {
+    let text = readme::read().unwrap();
+    let synopsis = readme::blocks(&text)
+        .into_iter()
+        .find(|(_, script)| script.starts_with("ferry --kernel PATH"))
+        .expect("README.md has a synopsis")
+        .1;
+    let help = ferry(&["--help"]).stdout;
+    let usage: String = help
+        .lines()
+        .filter(|l| {
+            l.trim_start().starts_with("--")
+                || l.trim_start().starts_with("-h,")
+                || l.trim_start().starts_with("-V,")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut in_help = long_options(&usage);
+    in_help.remove("--help");
+    in_help.remove("--version");
+    assert_eq!(
+        long_options(&synopsis),
+        in_help,
+        "README.md's synopsis and --help differ"
+    );
 }
 
 #[test]
@@ -75,6 +123,92 @@ fn help_documents_every_option_and_the_exit_statuses() {
         assert!(out.stdout.contains(option), "--help lacks {option}");
     }
     assert!(out.stdout.contains("Exit status:"));
+}
+
+/// The statuses in the first column of the README's "Exit status" table.
+fn readme_exit_statuses() -> Vec<String> {
+    let text = readme::read().unwrap();
+    let section = text
+        .split("\n## Exit status\n")
+        .nth(1)
+        .expect("README.md has an Exit status section");
+    section
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| l.strip_prefix("| "))
+        .filter_map(|l| l.split(" |").next())
+        .filter(|status| !status.starts_with("status") && !status.starts_with("---"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_exit_statuses_are_the_same_in_ferry_the_help_and_the_readme() {
+    let ours: Vec<String> = ferry::exit_status::TABLE
+        .iter()
+        .map(|(status, _)| status.to_string())
+        .collect();
+    let mut readme = readme_exit_statuses();
+    let mut sorted = ours.clone();
+    readme.sort();
+    sorted.sort();
+    assert_eq!(
+        readme, sorted,
+        "README.md's exit status table differs from ferry's"
+    );
+    let help = ferry(&["--help"]).stdout;
+    for (status, meaning) in ferry::exit_status::TABLE {
+        assert!(
+            help.contains(&format!("  {status:<8} {meaning}")),
+            "--help lacks status {status}"
+        );
+    }
+}
+
+#[test]
+fn the_default_command_line_is_ferrys_to_print() {
+    let out = ferry(&["--print-cmdline"]);
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout.trim_end(), ferry::cli::DEFAULT_CMDLINE);
+    let out = ferry(&["--print-cmdline", "--virtio", "mmio"]);
+    assert_eq!(
+        out.stdout.trim_end(),
+        format!("{} pci=off", ferry::cli::DEFAULT_CMDLINE)
+    );
+    let out = ferry(&["--print-cmdline", "--cmdline", "console=ttyS0 quiet"]);
+    assert_eq!(out.stdout.trim_end(), "console=ttyS0 quiet");
+}
+
+#[test]
+fn every_readme_example_is_tested_or_says_why_not() {
+    let text = readme::read().unwrap();
+    let blocks = readme::blocks(&text);
+    assert!(blocks.len() >= 8, "found only {} code blocks", blocks.len());
+    for (marker, script) in &blocks {
+        let marked = marker
+            .is_some_and(|m| m.starts_with("<!-- test: ") || m.starts_with("<!-- untested: "));
+        assert!(
+            marked,
+            "README.md's block {script:?} needs a <!-- test: NAME --> line (and a test that runs it) \
+             or <!-- untested: WHY -->"
+        );
+    }
+    // Each tested block's name is run by a test in this tree.
+    let tests = ["tests/guest/readme.rs", "tests/readme.rs"]
+        .iter()
+        .map(|p| std::fs::read_to_string(common::repo_root().join(p)).unwrap())
+        .collect::<String>();
+    for (marker, _) in &blocks {
+        if let Some(name) = marker
+            .and_then(|m| m.strip_prefix("<!-- test: "))
+            .and_then(|m| m.strip_suffix(" -->"))
+        {
+            assert!(
+                tests.contains(&format!("\"{name}\"")),
+                "no test runs README.md's block {name:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -268,10 +402,9 @@ fn a_missing_passt_is_named_with_its_package() {
 #[test]
 fn bad_network_options_are_refused() {
     let k = kernel();
-    assert_error(
+    assert_usage_error(
         &ferry(&["--kernel", &k, "--net", "tap"]),
-        BAD_CONFIG,
-        "--net tap",
+        "invalid value 'tap' for '--net <passt|none>'",
     );
     assert_error(
         &ferry(&["--kernel", &k, "--mac", "01:00:00:00:00:01"]),
@@ -287,10 +420,9 @@ fn bad_network_options_are_refused() {
 
 #[test]
 fn an_unknown_virtio_transport_is_refused() {
-    assert_error(
+    assert_usage_error(
         &ferry(&["--kernel", &kernel(), "--net", "none", "--virtio", "ccw"]),
-        BAD_CONFIG,
-        "--virtio ccw: use pci or mmio",
+        "invalid value 'ccw' for '--virtio <pci|mmio>'",
     );
 }
 

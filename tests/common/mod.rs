@@ -116,3 +116,51 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Outcome {
         elapsed: start.elapsed(),
     }
 }
+
+/// The README's code blocks: each example a test runs follows a line
+/// `<!-- test: NAME -->`; any other block follows `<!-- untested: WHY -->`.
+pub mod readme {
+    /// README.md's text.
+    pub fn read() -> Result<String, String> {
+        let path = super::repo_root().join("README.md");
+        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path:?}: {e}"))
+    }
+
+    /// Every indented code block, with the comment line before it (if any).
+    pub fn blocks(readme: &str) -> Vec<(Option<&str>, String)> {
+        let lines: Vec<&str> = readme.lines().collect();
+        let mut blocks = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            // A block opens after a blank line or its marker.
+            let starts_block = lines[i].starts_with("    ")
+                && (i == 0 || lines[i - 1].trim().is_empty() || lines[i - 1].starts_with("<!--"));
+            if !starts_block {
+                i += 1;
+                continue;
+            }
+            let marker = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.trim())
+                .filter(|l| l.starts_with("<!--"));
+            let mut script = Vec::new();
+            while i < lines.len() && lines[i].starts_with("    ") {
+                script.push(&lines[i][4..]);
+                i += 1;
+            }
+            blocks.push((marker, script.join("\n")));
+        }
+        blocks
+    }
+
+    /// The block that follows `<!-- test: NAME -->`, as a script.
+    pub fn tested_block(readme: &str, name: &str) -> Option<String> {
+        let marker = format!("<!-- test: {name} -->");
+        blocks(readme)
+            .into_iter()
+            .find(|(m, _)| *m == Some(marker.as_str()))
+            .map(|(_, script)| script)
+    }
+}

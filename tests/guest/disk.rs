@@ -269,7 +269,7 @@ pub fn timeout_stops_the_vm_and_synced_data_stays() -> Result<(), String> {
         ));
     }
     check(
-        out.status == Some(124),
+        out.status == Some(ferry::exit_status::TIMEOUT),
         "--timeout should end ferry with 124",
         &out,
     )?;

@@ -18,6 +18,7 @@ mod common;
 mod disk;
 mod kvm_host;
 mod net;
+mod readme;
 mod relay;
 mod tests;
 mod transport;
@@ -35,12 +36,10 @@ const INSIDE_ENV: &str = "FERRY_GUEST_TESTS_INSIDE";
 /// stalled: 4-5 times the slowest test's boot and transfer inside kvm-host.
 pub const WATCHDOG: Duration = Duration::from_secs(90);
 
-/// Exit statuses ferry documents.
-pub const GUEST_RESET: i32 = 80;
+pub use ferry::exit_status::GUEST_RESET;
 
-/// The default kernel command line, as ferry's.
-pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
+/// The default kernel command line, ferry's own.
+pub const BASE_CMDLINE: &str = ferry::cli::DEFAULT_CMDLINE;
 
 /// Run before each guest command: from then on only emergencies (a panic)
 /// reach the console, so that a kernel message cannot land in the middle of

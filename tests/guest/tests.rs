@@ -8,11 +8,13 @@ use crate::disk::{
     sigkill_keeps_the_console_log_and_synced_data, sigterm_shuts_the_guest_down_cleanly,
     timeout_stops_the_vm_and_synced_data_stays, two_disks_in_order_with_serials,
 };
+use crate::readme::{
+    readme_disk_from_directory, readme_guest_command, readme_publish, readme_root_disk,
+};
 use crate::transport::{virtio_mmio_on_request, virtio_on_pci_with_msix};
 use crate::{check, net, Boot, Test, GUEST_RESET, WATCHDOG};
 
-/// The pvpanic exit status.
-const GUEST_PANIC: i32 = 81;
+use ferry::exit_status::GUEST_PANIC;
 
 /// Every guest test, in order, each named after its function.
 macro_rules! tests {
@@ -48,6 +50,10 @@ pub const ALL: &[Test] = tests![
     halted_guest_ends_the_vm,
     virtio_on_pci_with_msix,
     virtio_mmio_on_request,
+    readme_guest_command,
+    readme_disk_from_directory,
+    readme_root_disk,
+    readme_publish,
 ];
 
 /// The tests `filter` selects, in order: all if it is empty; else, for each
