@@ -13,5 +13,7 @@ pub mod pci;
 pub mod virtio;
 pub mod vm_end;
 
+pub use virtio::device_thread::THREAD_STACK;
+
 /// Guest memory as the devices see it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -12,10 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Stack of this thread: smaller than a 2 MiB huge page, so that with
-/// transparent huge pages always on the host never backs it with one
-/// (a default 2 MiB stack that lands aligned costs 2 MiB of RSS).
-const THREAD_STACK: usize = 256 * 1024;
+use crate::THREAD_STACK;
 
 /// Errors while starting passt.
 #[derive(Debug, thiserror::Error)]

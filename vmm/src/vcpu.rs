@@ -18,10 +18,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestAddress;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-/// Stack of this thread: smaller than a 2 MiB huge page, so that with
-/// transparent huge pages always on the host never backs it with one
-/// (a default 2 MiB stack that lands aligned costs 2 MiB of RSS).
-const THREAD_STACK: usize = 256 * 1024;
+use ferry_devices::THREAD_STACK;
 
 /// Errors while creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]

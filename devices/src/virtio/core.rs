@@ -9,7 +9,8 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{status, Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::features::{self, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{status, Activation, Interrupt, VirtioDevice};
 use crate::GuestMemory;
 
 /// The three parts of a queue whose guest addresses the driver writes,
@@ -225,7 +226,7 @@ impl VirtioCore {
         if new & status::FEATURES_OK != 0 {
             let offered = self.device.features();
             let acceptable = self.driver_features & !offered == 0
-                && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
+                && features::has(self.driver_features, VIRTIO_F_VERSION_1);
             if !acceptable {
                 log::warn!(
                     "virtio: the driver's features 0x{:x} do not fit the offer 0x{offered:x}",
@@ -248,7 +249,7 @@ impl VirtioCore {
     }
 
     fn activate(&mut self) {
-        let event_idx = self.driver_features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = features::has(self.driver_features, VIRTIO_RING_F_EVENT_IDX);
         let ready = self.queues.iter().filter(|q| q.ready()).count();
         let queues: Vec<Queue> = self
             .queues

@@ -5,16 +5,19 @@
 
 pub mod block;
 mod core;
-mod device_thread;
+pub(crate) mod device_thread;
+pub mod features;
 pub mod mmio;
 pub mod net;
 pub mod pci;
+mod queue_drain;
 #[cfg(test)]
 mod test_device;
 
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 
+use virtio_bindings::virtio_mmio;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -24,31 +27,27 @@ use crate::GuestMemory;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
+    use virtio_bindings::virtio_config;
+
     /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
+    pub const ACKNOWLEDGE: u32 = virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE;
     /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
+    pub const DRIVER: u32 = virtio_config::VIRTIO_CONFIG_S_DRIVER;
     /// The driver is ready: the device may run.
-    pub const DRIVER_OK: u32 = 4;
+    pub const DRIVER_OK: u32 = virtio_config::VIRTIO_CONFIG_S_DRIVER_OK;
     /// Feature negotiation is done.
-    pub const FEATURES_OK: u32 = 8;
+    pub const FEATURES_OK: u32 = virtio_config::VIRTIO_CONFIG_S_FEATURES_OK;
     /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const DEVICE_NEEDS_RESET: u32 = virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
     /// The driver gave up on the device.
-    pub const FAILED: u32 = 128;
+    pub const FAILED: u32 = virtio_config::VIRTIO_CONFIG_S_FAILED;
 }
 
-/// `VIRTIO_F_VERSION_1`: the modern interface, the only one ferry speaks.
-pub const VIRTIO_F_VERSION_1: u32 = 32;
-/// `VIRTIO_RING_F_INDIRECT_DESC`: a chain may live in a table of its own,
-/// taking one ring entry whatever its length.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
-/// `VIRTIO_RING_F_EVENT_IDX`: notification suppression by ring index.
-pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
-
-/// Interrupt status bits (virtio 1.2, 4.1.4.5 and 4.2.2).
-const INT_USED_RING: u32 = 1;
-const INT_CONFIG_CHANGE: u32 = 2;
+/// Interrupt status bit (virtio 1.2, 4.2.2; the same in virtio-pci's ISR,
+/// 4.1.4.5): buffers were used.
+const INT_USED_RING: u32 = virtio_mmio::VIRTIO_MMIO_INT_VRING;
+/// Interrupt status bit: the configuration space changed.
+const INT_CONFIG_CHANGE: u32 = virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// `VIRTIO_MSI_NO_VECTOR`: a cause that raises no MSI-X vector.
 pub const NO_VECTOR: u16 = 0xffff;
@@ -242,6 +241,27 @@ pub struct Activation {
     pub features: u64,
 }
 
+impl Activation {
+    /// Whether the driver accepted feature bit `bit`.
+    pub fn has_feature(&self, bit: u32) -> bool {
+        features::has(self.features, bit)
+    }
+
+    /// Takes the device's `N` queues, each with its notification eventfd,
+    /// in queue order; an error unless the driver set up exactly `N`.
+    pub fn take_queues<const N: usize>(&mut self) -> Result<[(Queue, EventFd); N], ActivateError> {
+        let got = self.queues.len().min(self.kicks.len());
+        if self.queues.len() != N || self.kicks.len() != N {
+            return Err(ActivateError::Queues { got, need: N });
+        }
+        let pairs: Vec<(Queue, EventFd)> =
+            self.queues.drain(..).zip(self.kicks.drain(..)).collect();
+        pairs
+            .try_into()
+            .map_err(|_| ActivateError::Queues { got, need: N })
+    }
+}
+
 /// Why a device could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
@@ -268,6 +288,28 @@ pub fn read_config_bytes(bytes: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
+/// A device's configuration-space layout, a `virtio-bindings` struct
+/// whose fields the device fills in (little endian) and whose bytes the
+/// guest reads.
+///
+/// # Safety
+/// The type must have no padding (the bindings' configuration structs are
+/// `packed`): every byte of a value is then initialized.
+pub unsafe trait ConfigLayout: Copy {
+    /// The value's bytes, in memory order.
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: `self` is `size_of::<Self>()` readable bytes, all of them
+        // initialized since the type has no padding (the trait's contract);
+        // the slice borrows `self`.
+        unsafe {
+            std::slice::from_raw_parts(
+                (self as *const Self).cast::<u8>(),
+                std::mem::size_of::<Self>(),
+            )
+        }
+    }
+}
+
 /// A virtio device model: features, configuration space, queues. It never
 /// sees MMIO offsets: the transport owns the register file.
 pub trait VirtioDevice: Send {
@@ -285,4 +327,43 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Stops the device and returns it to its state before activation.
     fn reset(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_queue::QueueT;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    use super::*;
+
+    fn activation(queues: usize) -> Activation {
+        Activation {
+            mem: GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap(),
+            queues: (0..queues).map(|_| Queue::new(16).unwrap()).collect(),
+            kicks: (0..queues)
+                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .collect(),
+            interrupt: Arc::new(Interrupt::new(IrqLine::new(5).unwrap())),
+            features: features::set(&[features::VIRTIO_F_VERSION_1]),
+        }
+    }
+
+    #[test]
+    fn a_device_takes_exactly_its_queues_in_order() {
+        let mut a = activation(2);
+        a.queues[1].set_size(8);
+        let [(rx, _), (tx, _)] = a.take_queues().unwrap();
+        assert_eq!((rx.size(), tx.size()), (16, 8));
+        assert!(a.has_feature(features::VIRTIO_F_VERSION_1));
+        assert!(!a.has_feature(features::VIRTIO_RING_F_EVENT_IDX));
+        assert!(matches!(
+            activation(1).take_queues::<2>(),
+            Err(ActivateError::Queues { got: 1, need: 2 })
+        ));
+        assert!(matches!(
+            activation(2).take_queues::<1>(),
+            Err(ActivateError::Queues { got: 2, need: 1 })
+        ));
+    }
 }

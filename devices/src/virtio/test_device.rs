@@ -5,7 +5,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::features::{self, VIRTIO_F_VERSION_1};
+use super::net::VIRTIO_ID_NET;
+use super::{ActivateError, Activation, VirtioDevice};
 
 /// The test device.
 #[derive(Default)]
@@ -21,13 +23,13 @@ pub type Record = (Arc<Mutex<Vec<u64>>>, Arc<Mutex<usize>>);
 
 impl VirtioDevice for Probe {
     fn device_type(&self) -> u32 {
-        1
+        VIRTIO_ID_NET
     }
     fn queue_max_sizes(&self) -> &[u16] {
         &[16, 16]
     }
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1) | (1 << 5)
+        features::set(&[VIRTIO_F_VERSION_1, 5])
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(offset as u8);

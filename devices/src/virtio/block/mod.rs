@@ -7,23 +7,22 @@ pub mod disk;
 pub mod request;
 mod worker;
 
+use std::mem::offset_of;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_bindings::virtio_blk::virtio_blk_config;
+use virtio_bindings::virtio_ids;
 
 use super::device_thread::DeviceThread;
-use super::read_config_bytes;
-use super::{
-    ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
-};
+use super::{features, read_config_bytes, ConfigLayout};
+use super::{ActivateError, Activation, VirtioDevice};
 pub use disk::{DiskError, DiskImage};
 pub use request::ID_LEN;
 pub use worker::BlockStats;
 
 /// virtio device id of a block device.
-pub const VIRTIO_ID_BLOCK: u32 = 2;
+pub const VIRTIO_ID_BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
 /// Entries in the request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest data segment the driver may use.
@@ -34,20 +33,49 @@ const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 const MAX_ZEROES_SECTORS: u32 = 1 << 22;
 /// Discard granularity in sectors (the host's page).
 const DISCARD_ALIGNMENT: u32 = 8;
-/// Offset of `writeback` in the configuration space.
-const WRITEBACK_OFFSET: u64 = 32;
+/// Logical block size the driver is told (BLK_SIZE): one sector.
+const BLK_SIZE: u32 = 512;
+/// Offset of `writeback` (`wce`) in the configuration space.
+const WRITEBACK_OFFSET: u64 = offset_of!(virtio_blk_config, wce) as u64;
+/// Bytes of the configuration space ferry fills: up to the secure-erase
+/// and zoned fields, whose features it does not offer.
+const CONFIG_LEN: usize = offset_of!(virtio_blk_config, max_secure_erase_sectors);
 
 /// Feature bits (virtio 1.2, 5.2.3).
 mod feature {
-    pub const SIZE_MAX: u32 = 1;
-    pub const SEG_MAX: u32 = 2;
-    pub const RO: u32 = 5;
-    pub const BLK_SIZE: u32 = 6;
-    pub const FLUSH: u32 = 9;
-    pub const CONFIG_WCE: u32 = 11;
-    pub const DISCARD: u32 = 13;
-    pub const WRITE_ZEROES: u32 = 14;
+    use virtio_bindings::virtio_blk;
+
+    /// `size_max` holds the largest data segment.
+    pub const SIZE_MAX: u32 = virtio_blk::VIRTIO_BLK_F_SIZE_MAX;
+    /// `seg_max` holds the most segments in a request.
+    pub const SEG_MAX: u32 = virtio_blk::VIRTIO_BLK_F_SEG_MAX;
+    /// The disk is read-only (the image was opened so).
+    pub const RO: u32 = virtio_blk::VIRTIO_BLK_F_RO;
+    /// `blk_size` holds the logical block size.
+    pub const BLK_SIZE: u32 = virtio_blk::VIRTIO_BLK_F_BLK_SIZE;
+    /// The device takes flush requests.
+    pub const FLUSH: u32 = virtio_blk::VIRTIO_BLK_F_FLUSH;
+    /// The guest may switch the cache between writeback and write-through.
+    pub const CONFIG_WCE: u32 = virtio_blk::VIRTIO_BLK_F_CONFIG_WCE;
+    /// The device takes discard requests (holes punched in the image).
+    pub const DISCARD: u32 = virtio_blk::VIRTIO_BLK_F_DISCARD;
+    /// The device takes write-zeroes requests.
+    pub const WRITE_ZEROES: u32 = virtio_blk::VIRTIO_BLK_F_WRITE_ZEROES;
 }
+
+/// What every disk offers.
+const FEATURES: u64 = features::COMMON
+    | features::set(&[
+        feature::SIZE_MAX,
+        feature::SEG_MAX,
+        feature::BLK_SIZE,
+        feature::FLUSH,
+        feature::CONFIG_WCE,
+    ]);
+/// What a read-only disk offers besides.
+const READ_ONLY_FEATURES: u64 = features::set(&[feature::RO]);
+/// What a writable disk offers besides.
+const WRITABLE_FEATURES: u64 = features::set(&[feature::DISCARD, feature::WRITE_ZEROES]);
 
 /// A virtio-blk disk backed by an image file.
 #[derive(Debug)]
@@ -57,7 +85,7 @@ pub struct Block {
     serial: [u8; ID_LEN],
     writeback: Arc<AtomicBool>,
     stats: Arc<BlockStats>,
-    worker: Option<DeviceThread<()>>,
+    worker: DeviceThread<()>,
 }
 
 impl Block {
@@ -73,7 +101,7 @@ impl Block {
             serial: id,
             writeback: Arc::new(AtomicBool::new(true)),
             stats: Arc::new(BlockStats::default()),
-            worker: None,
+            worker: DeviceThread::default(),
         }
     }
 
@@ -82,35 +110,30 @@ impl Block {
         self.stats.clone()
     }
 
-    /// The configuration space (`struct virtio_blk_config`, 60 bytes).
-    fn config_bytes(&self) -> [u8; 60] {
-        let mut c = [0u8; 60];
-        let mut put = |offset: usize, bytes: &[u8]| {
-            c[offset..offset + bytes.len()].copy_from_slice(bytes);
-        };
-        put(0, &self.disk.sectors().to_le_bytes());
-        put(8, &SIZE_MAX.to_le_bytes());
-        put(12, &SEG_MAX.to_le_bytes());
-        put(20, &512u32.to_le_bytes());
-        put(32, &[u8::from(self.writeback.load(Ordering::Relaxed))]);
-        put(34, &1u16.to_le_bytes());
-        put(36, &MAX_ZEROES_SECTORS.to_le_bytes());
-        put(40, &request::MAX_RANGES.to_le_bytes());
-        put(44, &DISCARD_ALIGNMENT.to_le_bytes());
-        put(48, &MAX_ZEROES_SECTORS.to_le_bytes());
-        put(52, &request::MAX_RANGES.to_le_bytes());
-        put(56, &[1]);
-        c
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            if worker.stop().is_none() {
-                log::error!("{}: the I/O thread panicked", self.name);
-            }
+    /// The configuration space.
+    fn config_space(&self) -> virtio_blk_config {
+        virtio_blk_config {
+            capacity: self.disk.sectors().to_le(),
+            size_max: SIZE_MAX.to_le(),
+            seg_max: SEG_MAX.to_le(),
+            blk_size: BLK_SIZE.to_le(),
+            wce: u8::from(self.writeback.load(Ordering::Relaxed)),
+            num_queues: 1u16.to_le(),
+            max_discard_sectors: MAX_ZEROES_SECTORS.to_le(),
+            max_discard_seg: request::MAX_RANGES.to_le(),
+            discard_sector_alignment: DISCARD_ALIGNMENT.to_le(),
+            max_write_zeroes_sectors: MAX_ZEROES_SECTORS.to_le(),
+            max_write_zeroes_seg: request::MAX_RANGES.to_le(),
+            write_zeroes_may_unmap: 1,
+            ..Default::default()
         }
     }
 }
+
+// SAFETY: `virtio_blk_config` is `repr(C, packed)`, and the `repr(C)`
+// structs it holds (geometry, zoned characteristics) have fields that fill
+// them without gaps: no padding anywhere.
+unsafe impl ConfigLayout for virtio_blk_config {}
 
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
@@ -122,26 +145,16 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut bits = vec![
-            VIRTIO_F_VERSION_1,
-            VIRTIO_RING_F_EVENT_IDX,
-            VIRTIO_RING_F_INDIRECT_DESC,
-            feature::SIZE_MAX,
-            feature::SEG_MAX,
-            feature::BLK_SIZE,
-            feature::FLUSH,
-            feature::CONFIG_WCE,
-        ];
-        if self.disk.read_only() {
-            bits.push(feature::RO);
+        let by_mode = if self.disk.read_only() {
+            READ_ONLY_FEATURES
         } else {
-            bits.extend([feature::DISCARD, feature::WRITE_ZEROES]);
-        }
-        bits.iter().fold(0, |acc, bit| acc | (1u64 << bit))
+            WRITABLE_FEATURES
+        };
+        FEATURES | by_mode
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config_bytes(), offset, data);
+        read_config_bytes(&self.config_space().as_bytes()[..CONFIG_LEN], offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -162,12 +175,9 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
-        let (Some(queue), Some(kick)) = (activation.queues.pop(), activation.kicks.pop()) else {
-            return Err(ActivateError::Queues { got: 0, need: 1 });
-        };
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let [(queue, kick)] = activation.take_queues()?;
         // Without CONFIG_WCE the driver assumes writeback when FLUSH is there.
-        if activation.features & (1 << feature::CONFIG_WCE) == 0 {
+        if !activation.has_feature(feature::CONFIG_WCE) {
             self.writeback.store(true, Ordering::Relaxed);
         }
         let worker = worker::BlockWorker {
@@ -175,29 +185,19 @@ impl VirtioDevice for Block {
             mem: activation.mem,
             queue,
             kick,
-            stop: stop.try_clone().map_err(ActivateError::Worker)?,
             interrupt: activation.interrupt,
             disk: self.disk.clone(),
             serial: self.serial,
             writeback: self.writeback.clone(),
             stats: self.stats.clone(),
-            stopped: false,
         };
-        let thread = DeviceThread::spawn(self.name.clone(), stop, move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(thread);
-        Ok(())
+        self.worker
+            .start(self.name.clone(), move |stop| worker.run(stop))
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker.stop();
         self.writeback.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.stop_worker();
     }
 }
 

@@ -5,6 +5,11 @@
 //! the disk, and carried out with the data moving straight between guest
 //! memory and the image.
 
+use std::mem::size_of;
+
+use virtio_bindings::virtio_blk::{
+    self, virtio_blk_discard_write_zeroes, virtio_blk_outhdr, VIRTIO_BLK_ID_BYTES,
+};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
@@ -13,34 +18,38 @@ use crate::GuestMemory;
 
 /// Request types (virtio 1.2, 5.2.6).
 mod kind {
-    pub const IN: u32 = 0;
-    pub const OUT: u32 = 1;
-    pub const FLUSH: u32 = 4;
-    pub const GET_ID: u32 = 8;
-    pub const DISCARD: u32 = 11;
-    pub const WRITE_ZEROES: u32 = 13;
+    use virtio_bindings::virtio_blk;
+
+    pub const IN: u32 = virtio_blk::VIRTIO_BLK_T_IN;
+    pub const OUT: u32 = virtio_blk::VIRTIO_BLK_T_OUT;
+    pub const FLUSH: u32 = virtio_blk::VIRTIO_BLK_T_FLUSH;
+    pub const GET_ID: u32 = virtio_blk::VIRTIO_BLK_T_GET_ID;
+    pub const DISCARD: u32 = virtio_blk::VIRTIO_BLK_T_DISCARD;
+    pub const WRITE_ZEROES: u32 = virtio_blk::VIRTIO_BLK_T_WRITE_ZEROES;
 }
 
 /// Status byte values.
 pub mod status {
+    use virtio_bindings::virtio_blk;
+
     /// Done.
-    pub const OK: u8 = 0;
+    pub const OK: u8 = virtio_blk::VIRTIO_BLK_S_OK as u8;
     /// The request failed or was invalid.
-    pub const IOERR: u8 = 1;
+    pub const IOERR: u8 = virtio_blk::VIRTIO_BLK_S_IOERR as u8;
     /// The device does not do this request type.
-    pub const UNSUPP: u8 = 2;
+    pub const UNSUPP: u8 = virtio_blk::VIRTIO_BLK_S_UNSUPP as u8;
 }
 
 /// Bytes in the request header (`type`, `reserved`, `sector`).
-const HEADER_LEN: usize = 16;
+const HEADER_LEN: usize = size_of::<virtio_blk_outhdr>();
 /// Bytes of a serial number (GET_ID).
-pub const ID_LEN: usize = 20;
+pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// Bytes of one discard / write-zeroes range.
-const RANGE_LEN: usize = 16;
+const RANGE_LEN: usize = size_of::<virtio_blk_discard_write_zeroes>();
 /// Most ranges in one discard or write-zeroes request.
 pub const MAX_RANGES: u32 = 1;
 /// `VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP`.
-const UNMAP: u32 = 1;
+const UNMAP: u32 = virtio_blk::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
 /// Why a chain is not a request the device can even answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

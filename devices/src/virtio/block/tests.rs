@@ -8,7 +8,7 @@ use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::status;
 use super::worker::BlockWorker;
@@ -78,13 +78,11 @@ fn rig<'a>(mem: &'a GuestMemory, image: &Image, read_only: bool) -> Rig<'a> {
         mem: mem.clone(),
         queue: queue.create_queue().unwrap(),
         kick: EventFd::new(EFD_NONBLOCK).unwrap(),
-        stop: EventFd::new(EFD_NONBLOCK).unwrap(),
         interrupt: Arc::new(Interrupt::new(line)),
         disk: Arc::new(DiskImage::open(&image.0, read_only).unwrap()),
         serial: *b"disk-serial-0\0\0\0\0\0\0\0",
         writeback: Arc::new(AtomicBool::new(true)),
         stats: Arc::new(BlockStats::default()),
-        stopped: false,
     };
     Rig {
         mem,
@@ -291,4 +289,30 @@ fn config_space_and_features_follow_the_disk() {
     let f = ro.features();
     assert_ne!(f & (1 << feature::RO), 0);
     assert_eq!(f & (1 << feature::DISCARD), 0);
+}
+
+#[test]
+fn the_config_space_is_virtio_blk_config_up_to_the_secure_erase_fields() {
+    let image = Image::new();
+    let blk = Block::new("vda".into(), DiskImage::open(&image.0, false).unwrap(), "");
+    let mut expected = [0u8; 64];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        expected[offset..offset + bytes.len()].copy_from_slice(bytes);
+    };
+    put(0, &64u64.to_le_bytes());
+    put(8, &(1u32 << 20).to_le_bytes());
+    put(12, &254u32.to_le_bytes());
+    put(20, &512u32.to_le_bytes());
+    put(32, &[1]);
+    put(34, &1u16.to_le_bytes());
+    put(36, &(1u32 << 22).to_le_bytes());
+    put(40, &1u32.to_le_bytes());
+    put(44, &8u32.to_le_bytes());
+    put(48, &(1u32 << 22).to_le_bytes());
+    put(52, &1u32.to_le_bytes());
+    put(56, &[1]);
+    let mut got = [0xffu8; 64];
+    blk.read_config(0, &mut got);
+    assert_eq!(got, expected);
+    assert_eq!((CONFIG_LEN, WRITEBACK_OFFSET), (60, 32));
 }

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::DiskImage;
 use super::request::{Request, Settings, ID_LEN};
 use crate::virtio::device_thread::run_until_stopped;
+use crate::virtio::queue_drain::{drain, signal_used};
 use crate::virtio::Interrupt;
 use crate::GuestMemory;
 
@@ -24,9 +25,8 @@ pub struct BlockStats {
     pub bad_chains: AtomicU64,
 }
 
-/// Event tokens.
+/// Event token of the queue's kick.
 const KICK: u32 = 0;
-const STOP: u32 = 1;
 
 /// One disk's I/O thread state.
 #[derive(Debug)]
@@ -35,74 +35,45 @@ pub struct BlockWorker {
     pub(super) mem: GuestMemory,
     pub(super) queue: Queue,
     pub(super) kick: EventFd,
-    pub(super) stop: EventFd,
     pub(super) interrupt: Arc<Interrupt>,
     pub(super) disk: Arc<DiskImage>,
     pub(super) serial: [u8; ID_LEN],
     /// The guest's cache mode: true for writeback (flushes on request only).
     pub(super) writeback: Arc<AtomicBool>,
     pub(super) stats: Arc<BlockStats>,
-    pub(super) stopped: bool,
 }
 
 impl BlockWorker {
-    /// Runs until told to stop.
-    pub fn run(self) {
+    /// Runs until `stop` is written.
+    pub fn run(self, stop: EventFd) {
         let name = self.name.clone();
-        run_until_stopped(&name, self, |w| w.stopped);
+        run_until_stopped(&name, self, stop);
     }
 
     /// Runs every available request; interrupts the guest if it asked.
     pub fn process_queue(&mut self) {
-        let mem = self.mem.clone();
+        let (name, mem, stats) = (&self.name, &self.mem, &self.stats);
         let settings = Settings {
             disk: &self.disk,
             serial: &self.serial,
             write_through: !self.writeback.load(Ordering::Relaxed),
         };
-        let mut used_any = false;
-        let mut rechecked = false;
-        loop {
-            let _ = self.queue.disable_notification(&mem);
-            while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
-                let head = chain.head_index();
-                let len = match Request::parse(&mem, chain) {
-                    Ok(request) => {
-                        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                        request.execute(&mem, &settings)
-                    }
-                    Err(e) => {
-                        log::debug!("{}: chain {head}: {e}", self.name);
-                        self.stats.bad_chains.fetch_add(1, Ordering::Relaxed);
-                        0
-                    }
-                };
-                if let Err(e) = self.queue.add_used(&mem, head, len) {
-                    log::warn!("{}: used ring: {e}", self.name);
-                }
-                used_any = true;
-                rechecked = false;
-            }
-            match self.queue.enable_notification(&mem) {
-                Ok(false) => break,
-                // More arrived meanwhile: once more. A second "more" with
-                // nothing to pop is a broken ring index: stop rather than spin.
-                Ok(true) if !rechecked => rechecked = true,
-                Ok(true) => {
-                    log::warn!(
-                        "{}: the ring's index is out of range; ignoring it",
-                        self.name
-                    );
-                    break;
+        let used_any = drain(&mut self.queue, mem, name, "request", |chain| {
+            let head = chain.head_index();
+            match Request::parse(mem, chain) {
+                Ok(request) => {
+                    stats.requests.fetch_add(1, Ordering::Relaxed);
+                    request.execute(mem, &settings)
                 }
                 Err(e) => {
-                    log::warn!("{}: queue: {e}", self.name);
-                    break;
+                    log::debug!("{name}: chain {head}: {e}");
+                    stats.bad_chains.fetch_add(1, Ordering::Relaxed);
+                    0
                 }
             }
-        }
-        if used_any && self.queue.needs_notification(&mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue(0);
+        });
+        if used_any {
+            signal_used(&mut self.queue, mem, &self.interrupt, 0, name);
         }
     }
 }
@@ -114,19 +85,13 @@ impl MutEventSubscriber for BlockWorker {
                 let _ = self.kick.read();
                 self.process_queue();
             }
-            STOP => {
-                let _ = self.stop.read();
-                self.stopped = true;
-            }
             other => log::warn!("{}: unexpected event {other}", self.name),
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for (fd, token) in [(&self.kick, KICK), (&self.stop, STOP)] {
-            if let Err(e) = ops.add(Events::with_data(fd, token, EventSet::IN)) {
-                log::error!("{}: cannot watch an eventfd: {e:?}", self.name);
-            }
+        if let Err(e) = ops.add(Events::with_data(&self.kick, KICK, EventSet::IN)) {
+            log::error!("{}: cannot watch an eventfd: {e:?}", self.name);
         }
         // Requests may have been made before the thread started.
         self.process_queue();

@@ -7,18 +7,17 @@ mod rx;
 mod tx;
 mod worker;
 
+use std::mem::{offset_of, size_of};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_bindings::virtio_ids;
+use virtio_bindings::virtio_net::{self, virtio_net_config, virtio_net_hdr_v1};
 
 use super::device_thread::DeviceThread;
-use super::read_config_bytes;
-use super::{
-    ActivateError, Activation, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
-};
+use super::{features, read_config_bytes, ConfigLayout};
+use super::{ActivateError, Activation, VirtioDevice};
 
 pub use rx::{RxBuffer, RxError};
 pub use tx::TxError;
@@ -26,9 +25,36 @@ use worker::Backend;
 pub use worker::NetStats;
 
 /// virtio device id of a network card.
-pub const VIRTIO_ID_NET: u32 = 1;
+pub const VIRTIO_ID_NET: u32 = virtio_ids::VIRTIO_ID_NET;
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`), always present with VERSION_1.
-pub const NET_HDR_LEN: usize = 12;
+pub const NET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
+
+/// Where the fields ferry reads or writes lie in `struct virtio_net_hdr_v1`.
+mod hdr {
+    use std::mem::offset_of;
+
+    use virtio_bindings::virtio_net::{self, virtio_net_hdr_v1};
+
+    /// `flags`.
+    pub const FLAGS: usize = offset_of!(virtio_net_hdr_v1, flags);
+    /// `gso_type`.
+    pub const GSO_TYPE: usize = offset_of!(virtio_net_hdr_v1, gso_type);
+    /// `csum_start`: where the partial checksum's range starts.
+    pub const CSUM_START: usize = offset_of!(virtio_net_hdr_v1, __bindgen_anon_1.csum.start);
+    /// `csum_offset`: where the checksum goes, from `csum_start`.
+    pub const CSUM_OFFSET: usize = offset_of!(virtio_net_hdr_v1, __bindgen_anon_1.csum.offset);
+    /// `num_buffers`: how many RX buffers a received frame spans.
+    pub const NUM_BUFFERS: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
+
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum from `csum_start` on is
+    /// partial (the pseudo-header sum) and the device completes it.
+    pub const F_NEEDS_CSUM: u8 = virtio_net::VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`: the frame's checksums need no checking.
+    pub const F_DATA_VALID: u8 = virtio_net::VIRTIO_NET_HDR_F_DATA_VALID as u8;
+    /// `VIRTIO_NET_HDR_GSO_NONE`: no segmentation asked.
+    pub const GSO_NONE: u8 = virtio_net::VIRTIO_NET_HDR_GSO_NONE as u8;
+}
+
 /// Entries in each queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// passt's default MTU, which ferry offers the guest.
@@ -36,16 +62,44 @@ pub const DEFAULT_MTU: u16 = 65520;
 
 /// Feature bits (virtio 1.2, 5.1.3).
 mod feature {
-    pub const CSUM: u32 = 0;
-    pub const GUEST_CSUM: u32 = 1;
-    pub const MTU: u32 = 3;
-    pub const MAC: u32 = 5;
-    pub const MRG_RXBUF: u32 = 15;
-    pub const STATUS: u32 = 16;
+    use virtio_bindings::virtio_net;
+
+    /// The guest may leave TX checksums partial: ferry completes them on
+    /// its own thread (passt's framing has no header to carry a partial
+    /// checksum), which takes that work off the vCPU.
+    pub const CSUM: u32 = virtio_net::VIRTIO_NET_F_CSUM;
+    /// Frames from passt carry valid checksums (passt builds them, and a
+    /// UNIX socket does not corrupt them): the guest need not check.
+    pub const GUEST_CSUM: u32 = virtio_net::VIRTIO_NET_F_GUEST_CSUM;
+    /// `mtu` holds the MTU the driver should use.
+    pub const MTU: u32 = virtio_net::VIRTIO_NET_F_MTU;
+    /// `mac` holds the card's address.
+    pub const MAC: u32 = virtio_net::VIRTIO_NET_F_MAC;
+    /// A received frame may span several RX buffers (`num_buffers`).
+    pub const MRG_RXBUF: u32 = virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+    /// `status` holds the link state, which goes down when passt is gone.
+    pub const STATUS: u32 = virtio_net::VIRTIO_NET_F_STATUS;
 }
 
+/// What the card offers. No segmentation offload: passt takes frames, not
+/// super-frames to cut. Indirect chains (in [`features::COMMON`]) matter
+/// here: a large frame spans many pages, and without them a few frames
+/// would fill the TX ring.
+const FEATURES: u64 = features::COMMON
+    | features::set(&[
+        feature::CSUM,
+        feature::GUEST_CSUM,
+        feature::MAC,
+        feature::MTU,
+        feature::STATUS,
+        feature::MRG_RXBUF,
+    ]);
+
 /// `VIRTIO_NET_S_LINK_UP` in the status field.
-const LINK_UP: u16 = 1;
+const LINK_UP: u16 = virtio_net::VIRTIO_NET_S_LINK_UP as u16;
+/// Bytes of the configuration space ferry fills: up to `speed`, whose
+/// feature it does not offer.
+const CONFIG_LEN: usize = offset_of!(virtio_net_config, speed);
 
 /// What the guest sees of the card.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +118,7 @@ pub struct Net {
     link_up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
     backend: Option<Backend>,
-    worker: Option<DeviceThread<Option<Backend>>>,
+    worker: DeviceThread<Option<Backend>>,
 }
 
 impl Net {
@@ -76,7 +130,7 @@ impl Net {
             link_up: Arc::new(AtomicBool::new(true)),
             stats: Arc::new(NetStats::default()),
             backend: Some(Backend::new(backend)),
-            worker: None,
+            worker: DeviceThread::default(),
         }
     }
 
@@ -85,30 +139,25 @@ impl Net {
         self.stats.clone()
     }
 
-    fn config_bytes(&self) -> [u8; 12] {
-        let mut bytes = [0u8; 12];
-        bytes[..6].copy_from_slice(&self.config.mac);
+    /// The configuration space.
+    fn config_space(&self) -> virtio_net_config {
         let status = if self.link_up.load(Ordering::SeqCst) {
             LINK_UP
         } else {
             0
         };
-        bytes[6..8].copy_from_slice(&status.to_le_bytes());
-        // max_virtqueue_pairs: one.
-        bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
-        bytes[10..12].copy_from_slice(&self.config.mtu.to_le_bytes());
-        bytes
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            match worker.stop() {
-                Some(backend) => self.backend = backend,
-                None => log::error!("net{}: the data-path thread panicked", self.id),
-            }
+        virtio_net_config {
+            mac: self.config.mac,
+            status: status.to_le(),
+            max_virtqueue_pairs: 1u16.to_le(),
+            mtu: self.config.mtu.to_le(),
+            ..Default::default()
         }
     }
 }
+
+// SAFETY: `virtio_net_config` is `repr(C, packed)`: no padding.
+unsafe impl ConfigLayout for virtio_net_config {}
 
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
@@ -120,44 +169,17 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        [
-            VIRTIO_F_VERSION_1,
-            VIRTIO_RING_F_EVENT_IDX,
-            // A large frame spans many pages: without indirect chains a few
-            // frames would fill the TX ring.
-            VIRTIO_RING_F_INDIRECT_DESC,
-            // The guest may leave TX checksums partial: ferry completes them
-            // on its own thread (passt's framing has no header to carry a
-            // partial checksum), which takes that work off the vCPU.
-            feature::CSUM,
-            // Frames from passt carry valid checksums (passt builds them, and
-            // a UNIX socket does not corrupt them): the guest need not check.
-            feature::GUEST_CSUM,
-            feature::MAC,
-            feature::MTU,
-            feature::STATUS,
-            feature::MRG_RXBUF,
-        ]
-        .iter()
-        .fold(0, |acc, bit| acc | (1u64 << bit))
+        FEATURES
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config_bytes(), offset, data);
+        read_config_bytes(&self.config_space().as_bytes()[..CONFIG_LEN], offset, data);
     }
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
-        if activation.queues.len() != 2 || activation.kicks.len() != 2 {
-            return Err(ActivateError::Queues {
-                got: activation.queues.len(),
-                need: 2,
-            });
-        }
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let tx_queue = activation.queues.pop().expect("two queues");
-        let rx_queue = activation.queues.pop().expect("two queues");
-        let tx_kick = activation.kicks.pop().expect("two kicks");
-        let rx_kick = activation.kicks.pop().expect("two kicks");
+        let [(rx_queue, rx_kick), (tx_queue, tx_kick)] = activation.take_queues()?;
+        let mrg_rxbuf = activation.has_feature(feature::MRG_RXBUF);
+        let data_valid = activation.has_feature(feature::GUEST_CSUM);
         let worker = worker::NetWorker::new(worker::Parts {
             id: self.id,
             mem: activation.mem,
@@ -165,28 +187,21 @@ impl VirtioDevice for Net {
             tx_queue,
             rx_kick,
             tx_kick,
-            stop: stop.try_clone().map_err(ActivateError::Worker)?,
             backend: self.backend.take(),
             interrupt: activation.interrupt,
             link_up: self.link_up.clone(),
             stats: self.stats.clone(),
-            mrg_rxbuf: activation.features & (1 << feature::MRG_RXBUF) != 0,
-            data_valid: activation.features & (1 << feature::GUEST_CSUM) != 0,
+            mrg_rxbuf,
+            data_valid,
         });
-        let thread = DeviceThread::spawn(format!("net{}", self.id), stop, move || worker.run())
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some(thread);
-        Ok(())
+        self.worker
+            .start(format!("net{}", self.id), move |stop| worker.run(stop))
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.stop_worker();
+        if let Some(backend) = self.worker.stop() {
+            self.backend = backend;
+        }
     }
 }
 
@@ -205,11 +220,10 @@ mod tests {
             },
             a,
         );
-        let mut cfg = [0u8; 12];
+        // mac, status (link up), max_virtqueue_pairs (one), mtu; nothing after.
+        let mut cfg = [0xffu8; 16];
         net.read_config(0, &mut cfg);
-        assert_eq!(&cfg[..6], &[2, 0, 0, 0, 0, 1]);
-        assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), LINK_UP);
-        assert_eq!(u16::from_le_bytes([cfg[10], cfg[11]]), 65520);
+        assert_eq!(cfg, [2, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0xf0, 0xff, 0, 0, 0, 0]);
         net.link_up.store(false, Ordering::SeqCst);
         let mut status = [0u8; 2];
         net.read_config(6, &mut status);
@@ -217,6 +231,19 @@ mod tests {
         let mut beyond = [0xffu8; 4];
         net.read_config(100, &mut beyond);
         assert_eq!(beyond, [0; 4]);
+    }
+
+    #[test]
+    fn the_header_fields_lie_where_virtio_says() {
+        assert_eq!(NET_HDR_LEN, 12);
+        let at = [
+            hdr::FLAGS,
+            hdr::GSO_TYPE,
+            hdr::CSUM_START,
+            hdr::CSUM_OFFSET,
+            hdr::NUM_BUFFERS,
+        ];
+        assert_eq!(at, [0, 1, 6, 8, 10]);
     }
 
     #[test]
@@ -231,7 +258,7 @@ mod tests {
             a,
         )
         .features();
-        assert_ne!(f & (1 << VIRTIO_F_VERSION_1), 0);
+        assert_ne!(f & (1 << features::VIRTIO_F_VERSION_1), 0);
         assert_ne!(f & (1 << feature::CSUM), 0);
         assert_ne!(f & (1 << feature::GUEST_CSUM), 0);
         // No segmentation offload: passt takes frames, not super-frames to cut.

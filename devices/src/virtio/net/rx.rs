@@ -5,7 +5,7 @@
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::NET_HDR_LEN;
+use super::{hdr, NET_HDR_LEN};
 use crate::GuestMemory;
 
 /// Why an RX chain cannot take frames.
@@ -103,13 +103,12 @@ impl RxBuffer {
 /// The virtio-net header for a received frame spread over `num_buffers`
 /// buffers; `data_valid` tells the guest the checksums need no checking.
 fn rx_header(num_buffers: u16, data_valid: bool) -> [u8; NET_HDR_LEN] {
-    const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
-    let mut hdr = [0u8; NET_HDR_LEN];
+    let mut header = [0u8; NET_HDR_LEN];
     if data_valid {
-        hdr[0] = VIRTIO_NET_HDR_F_DATA_VALID;
+        header[hdr::FLAGS] = hdr::F_DATA_VALID;
     }
-    hdr[10..12].copy_from_slice(&num_buffers.to_le_bytes());
-    hdr
+    header[hdr::NUM_BUFFERS..hdr::NUM_BUFFERS + 2].copy_from_slice(&num_buffers.to_le_bytes());
+    header
 }
 
 /// Copies `frame` behind a header into `buffers` (in order; their total

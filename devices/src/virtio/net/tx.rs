@@ -7,7 +7,7 @@ use ferry_net_passt::{OutFrame, MAX_FRAME_LEN, MIN_FRAME_LEN};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryBackend;
 
-use super::{checksum, NET_HDR_LEN};
+use super::{checksum, hdr, NET_HDR_LEN};
 use crate::GuestMemory;
 
 /// Why a TX chain was not a frame.
@@ -37,10 +37,6 @@ pub enum TxError {
     },
 }
 
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum from `csum_start` on is
-/// partial (the pseudo-header sum) and the device completes it.
-const NEEDS_CSUM: u8 = 1;
-
 /// The fields of a TX chain's `virtio_net_hdr_v1` that ferry acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TxHeader {
@@ -53,10 +49,10 @@ struct TxHeader {
 impl TxHeader {
     fn parse(bytes: &[u8; NET_HDR_LEN]) -> Self {
         Self {
-            flags: bytes[0],
-            gso_type: bytes[1],
-            csum_start: u16::from_le_bytes([bytes[6], bytes[7]]),
-            csum_offset: u16::from_le_bytes([bytes[8], bytes[9]]),
+            flags: bytes[hdr::FLAGS],
+            gso_type: bytes[hdr::GSO_TYPE],
+            csum_start: u16::from_le_bytes([bytes[hdr::CSUM_START], bytes[hdr::CSUM_START + 1]]),
+            csum_offset: u16::from_le_bytes([bytes[hdr::CSUM_OFFSET], bytes[hdr::CSUM_OFFSET + 1]]),
         }
     }
 }
@@ -99,7 +95,7 @@ where
         return Err(TxError::BadLength(len));
     }
     let header = TxHeader::parse(&header);
-    if header.gso_type != 0 {
+    if header.gso_type != hdr::GSO_NONE {
         return Err(TxError::Segmentation(header.gso_type));
     }
     let segments = slices
@@ -112,7 +108,7 @@ where
     // SAFETY: every segment lies in guest memory (get_slice checked the
     // range), which stays mapped for the VM's life.
     let mut frame = unsafe { OutFrame::new(segments) };
-    if header.flags & NEEDS_CSUM != 0 {
+    if header.flags & hdr::F_NEEDS_CSUM != 0 {
         let start = usize::from(header.csum_start);
         let field = start + usize::from(header.csum_offset);
         // The bounds first, so that a bad header costs no summing.

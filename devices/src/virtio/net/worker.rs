@@ -28,6 +28,7 @@ use super::rx::{self, RxBuffer};
 use super::tx;
 use super::NET_HDR_LEN;
 use crate::virtio::device_thread::run_until_stopped;
+use crate::virtio::queue_drain::{signal_used, RecheckOnce};
 use crate::virtio::Interrupt;
 use crate::GuestMemory;
 
@@ -114,7 +115,6 @@ pub struct Parts {
     pub tx_queue: Queue,
     pub rx_kick: EventFd,
     pub tx_kick: EventFd,
-    pub stop: EventFd,
     pub backend: Option<Backend>,
     pub interrupt: Arc<Interrupt>,
     pub link_up: Arc<AtomicBool>,
@@ -131,7 +131,6 @@ struct Link {
     tx_queue: Queue,
     rx_kick: EventFd,
     tx_kick: EventFd,
-    stop: EventFd,
     backend: Option<UnixStream>,
     interrupt: Arc<Interrupt>,
     link_up: Arc<AtomicBool>,
@@ -160,7 +159,7 @@ impl RxSide {
     /// Makes sure the stash holds room for `need` bytes (one buffer
     /// without mergeable buffers); false if the guest has not posted enough.
     fn stock(&mut self, mem: &GuestMemory, need: usize) -> bool {
-        let mut rechecked = false;
+        let mut recheck = RecheckOnce::default();
         loop {
             let have = if self.mrg_rxbuf {
                 self.stash_capacity
@@ -170,36 +169,24 @@ impl RxSide {
             if have >= need || (!self.mrg_rxbuf && !self.stash.is_empty()) {
                 return true;
             }
-            match self.queue.pop_descriptor_chain(mem) {
-                // Progress: "more available" next time is news again, not a broken index.
-                Some(chain) => {
-                    let segments = self.spare_segments.pop().unwrap_or_default();
-                    match RxBuffer::from_chain(mem, chain, segments) {
-                        Ok(buf) => {
-                            rechecked = false;
-                            self.stash_capacity += buf.capacity;
-                            self.stash.push_back(buf);
-                        }
-                        Err((head, e)) => {
-                            rechecked = false;
-                            log::debug!("net{}: RX chain {head}: {e}", self.id);
-                            bump(&self.stats.rx_errors, 1);
-                            self.add_used(mem, &[(head, 0)]);
-                        }
-                    }
+            let Some(chain) = self.queue.pop_descriptor_chain(mem) else {
+                if recheck.look_again(&mut self.queue, mem, &format_args!("net{}", self.id), "RX") {
+                    continue;
                 }
-                None => match self.queue.enable_notification(mem) {
-                    // More available yet nothing to pop: once more, then give up (a broken index).
-                    Ok(true) if !rechecked => rechecked = true,
-                    Ok(true) => {
-                        log::warn!(
-                            "net{}: the RX ring's index is out of range; ignoring it",
-                            self.id
-                        );
-                        return false;
-                    }
-                    _ => return false,
-                },
+                return false;
+            };
+            recheck.made_progress();
+            let segments = self.spare_segments.pop().unwrap_or_default();
+            match RxBuffer::from_chain(mem, chain, segments) {
+                Ok(buf) => {
+                    self.stash_capacity += buf.capacity;
+                    self.stash.push_back(buf);
+                }
+                Err((head, e)) => {
+                    log::debug!("net{}: RX chain {head}: {e}", self.id);
+                    bump(&self.stats.rx_errors, 1);
+                    self.add_used(mem, &[(head, 0)]);
+                }
             }
         }
     }
@@ -263,8 +250,7 @@ impl RxSide {
 const RX_KICK: u32 = 0;
 const TX_KICK: u32 = 1;
 const BACKEND: u32 = 2;
-const STOP: u32 = 3;
-const TX_POLL: u32 = 4;
+const TX_POLL: u32 = 3;
 
 /// While the guest streams, the TX ring is looked at again this long after
 /// it ran empty, instead of asking the guest to notify: each notification
@@ -337,7 +323,6 @@ pub struct NetWorker {
     rx_blocked: bool,
     tx_blocked: bool,
     interest: EventSet,
-    stopped: bool,
     /// Wakes the data path to look at the TX ring while the guest streams
     /// (none if the timer could not be made: then every frame is notified).
     tx_poll: Option<TimerFd>,
@@ -371,7 +356,6 @@ impl NetWorker {
             rx_blocked: false,
             tx_blocked: false,
             interest: EventSet::empty(),
-            stopped: false,
             tx_poll: tx_poll_timer()
                 .map_err(|e| log::warn!("net{}: no TX poll timer: {e}", parts.id))
                 .ok(),
@@ -382,7 +366,6 @@ impl NetWorker {
                 tx_queue: parts.tx_queue,
                 rx_kick: parts.rx_kick,
                 tx_kick: parts.tx_kick,
-                stop: parts.stop,
                 backend: socket,
                 interrupt: parts.interrupt,
                 link_up: parts.link_up,
@@ -391,11 +374,11 @@ impl NetWorker {
         }
     }
 
-    /// Runs until told to stop; hands the backend back (if it still works),
-    /// with the frames read from passt and not yet delivered.
-    pub fn run(self) -> Option<Backend> {
+    /// Runs until `stop` is written; hands the backend back (if it still
+    /// works), with the frames read from passt and not yet delivered.
+    pub fn run(self, stop: EventFd) -> Option<Backend> {
         let name = format!("net{}", self.p.id);
-        let mut worker = run_until_stopped(&name, self, |w| w.stopped)?;
+        let mut worker = run_until_stopped(&name, self, stop)?;
         worker.finish_started_frame();
         let socket = worker.p.backend?;
         Some(Backend {
@@ -459,7 +442,7 @@ impl NetWorker {
     fn process_tx(&mut self, ops: &mut EventOps) {
         let mem = self.p.mem.clone();
         let mut used_any = false;
-        let mut rechecked = false;
+        let mut recheck = RecheckOnce::default();
         let mut sent_any = false;
         loop {
             let Some(stream) = self.p.backend.as_ref() else {
@@ -495,8 +478,7 @@ impl NetWorker {
                 let Some(chain) = self.p.tx_queue.pop_descriptor_chain(&mem) else {
                     break;
                 };
-                // Progress: "more available" next time is news again, not a broken index.
-                rechecked = false;
+                recheck.made_progress();
                 let head = chain.head_index();
                 match tx::frame_of_chain(&mem, chain) {
                     Ok(frame) => {
@@ -531,26 +513,15 @@ impl NetWorker {
                 }
             }
             if frames.is_empty() {
-                // "More available" with nothing to pop means a ring index the
-                // driver broke: check once more, then stop rather than spin.
-                match self.p.tx_queue.enable_notification(&mem) {
-                    Ok(true) if !rechecked => {
-                        rechecked = true;
-                        continue;
-                    }
-                    Ok(true) => {
-                        log::warn!(
-                            "net{}: the TX ring's index is out of range; ignoring it",
-                            self.p.id
-                        );
-                        break;
-                    }
-                    Ok(false) => break,
-                    Err(e) => {
-                        log::warn!("net{}: TX queue: {e}", self.p.id);
-                        break;
-                    }
+                if recheck.look_again(
+                    &mut self.p.tx_queue,
+                    &mem,
+                    &format_args!("net{}", self.p.id),
+                    "TX",
+                ) {
+                    continue;
                 }
+                break;
             }
             let lens: Vec<usize> = frames.iter().map(OutFrame::len).collect();
             let written = match self.writer.write(&mut sink, frames) {
@@ -637,14 +608,13 @@ impl NetWorker {
             TxOrRx::Tx => (&mut self.p.tx_queue, TX_QUEUE),
             TxOrRx::Rx => (&mut self.rx.queue, RX_QUEUE),
         };
-        match queue.needs_notification(mem) {
-            Ok(true) => self.p.interrupt.signal_used_queue(index),
-            Ok(false) => {}
-            Err(e) => {
-                log::debug!("net{}: {e}", self.p.id);
-                self.p.interrupt.signal_used_queue(index);
-            }
-        }
+        signal_used(
+            queue,
+            mem,
+            &self.p.interrupt,
+            index,
+            &format_args!("net{}", self.p.id),
+        );
     }
 
     /// Moves frames from passt's stream into the guest.
@@ -770,20 +740,12 @@ impl MutEventSubscriber for NetWorker {
                 }
                 self.process_tx(ops);
             }
-            STOP => {
-                let _ = self.p.stop.read();
-                self.stopped = true;
-            }
             other => log::warn!("net{}: unexpected event {other}", self.p.id),
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for (fd, token) in [
-            (&self.p.rx_kick, RX_KICK),
-            (&self.p.tx_kick, TX_KICK),
-            (&self.p.stop, STOP),
-        ] {
+        for (fd, token) in [(&self.p.rx_kick, RX_KICK), (&self.p.tx_kick, TX_KICK)] {
             if let Err(e) = ops.add(Events::with_data(fd, token, EventSet::IN)) {
                 log::error!("net{}: cannot watch an eventfd: {e:?}", self.p.id);
             }
@@ -916,7 +878,6 @@ mod tests {
             tx_queue: txq.create_queue().unwrap(),
             rx_kick: h.rx_kick.try_clone().unwrap(),
             tx_kick: h.tx_kick.try_clone().unwrap(),
-            stop: h.stop.try_clone().unwrap(),
             backend: Some(backend),
             interrupt: Arc::new(Interrupt::new(line)),
             link_up: h.link_up.clone(),
@@ -924,8 +885,9 @@ mod tests {
             mrg_rxbuf,
             data_valid: false,
         });
+        let stop = h.stop.try_clone().unwrap();
         Harness {
-            thread: Some(std::thread::spawn(move || worker.run())),
+            thread: Some(std::thread::spawn(move || worker.run(stop))),
             ..h
         }
     }
