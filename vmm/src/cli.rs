@@ -11,8 +11,7 @@ use clap::{Parser, ValueEnum};
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
-/// The default MAC address: locally administered, unicast.
-pub const DEFAULT_MAC: &str = "02:66:72:72:79:01";
+use crate::resources::{DEFAULT_CPUS, DEFAULT_MAC, DEFAULT_MEMORY_MIB};
 
 /// Boot a Linux guest on KVM, networked through passt.
 #[derive(Debug, Parser)]
@@ -41,11 +40,11 @@ pub struct Cli {
     pub virtio: Transport,
 
     /// Number of vCPUs (1-254).
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CPUS)]
     pub cpus: u32,
 
     /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
     pub memory: u64,
 
     /// Where the guest's serial console goes: `stdio` (output to stdout,

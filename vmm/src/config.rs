@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The VM's configuration, checked: what the command line asked for, with
-//! every file opened and every size within bounds.
+//! The VM's configuration, checked: the machine's description
+//! ([`VmResources`]) with every file opened, every disk locked and every
+//! size within bounds, and the options of the ferry process ([`Launch`]).
+//! Also the command line's own spellings (`--disk`, `--publish`, ...)
+//! turned into that description.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use crate::cli::Transport;
 use crate::cli::{Cli, NetKind, DEFAULT_CMDLINE};
-
-/// Smallest guest memory ferry accepts, in MiB.
-pub const MIN_MEMORY_MIB: u64 = 32;
-/// Most vCPUs: APIC ids are one byte and 255 is the broadcast id.
-pub const MAX_CPUS: u32 = 254;
+use crate::resources::{BootSource, DriveSpec, MachineSpec, NetSpec, VmResources};
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +27,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// No kernel was named.
-    #[error("no kernel: --kernel PATH is required")]
-    NoKernel,
     /// The path names a directory or something else that is not a file.
     #[error("the {what} {path} is not a regular file")]
     NotAFile {
@@ -38,16 +35,16 @@ pub enum Error {
         /// Its path.
         path: PathBuf,
     },
-    /// The vCPU count is out of range.
-    #[error("--cpus {0}: the guest needs 1 to {MAX_CPUS} vCPUs")]
-    Cpus(u32),
-    /// The memory size is out of range.
-    #[error("--memory {mib}: the guest needs {MIN_MEMORY_MIB} MiB to {max} MiB (this host's RAM)")]
-    Memory {
-        /// What was asked for.
-        mib: u64,
-        /// The most this host allows.
-        max: u64,
+    /// No kernel to boot.
+    #[error("no kernel to boot: the boot source is not set")]
+    NoBootSource,
+    /// A size is out of range: what was asked (as its asker spells it) and why not.
+    #[error("{asked}: {why}")]
+    Size {
+        /// The option or field and its value, e.g. `--cpus 0`.
+        asked: String,
+        /// The bounds.
+        why: String,
     },
     /// The console option is malformed.
     #[error("--console {0}: expected stdio, file:PATH or none")]
@@ -88,10 +85,16 @@ pub enum Error {
         /// Its room.
         max: usize,
     },
+    /// passt is not installed (or not where the configuration says).
+    #[error(transparent)]
+    PasstMissing(ferry_net_passt::launcher::Error),
     /// passt is not installed (or not where --passt says): the launcher's
     /// error, with the options that avoid it.
     #[error("{0}, pass --passt PATH, or use --net none")]
-    PasstMissing(ferry_net_passt::launcher::Error),
+    PasstMissingCli(ferry_net_passt::launcher::Error),
+    /// A serial number is not 1-20 printable ASCII characters.
+    #[error("disk serial {0:?}: expected 1-20 printable ASCII characters")]
+    Serial(String),
 }
 
 /// The guest's network.
@@ -206,33 +209,6 @@ pub fn cmdline_for(cmdline: &str, transport: Transport) -> String {
     }
 }
 
-impl Net {
-    /// The network the command line asks for.
-    fn from_cli(cli: &Cli) -> Result<Self, Error> {
-        match cli.net {
-            NetKind::None => Ok(Net::None),
-            NetKind::Passt => {
-                let mac = parse_mac(&cli.mac)?;
-                let mut args = Vec::new();
-                for spec in &cli.publish {
-                    args.extend(publish_to_passt(spec)?);
-                }
-                args.extend(cli.passt_args.iter().cloned());
-                // Checked here, so that a missing passt is reported before anything starts.
-                let binary = ferry_net_passt::launcher::resolve(&cli.passt).ok_or_else(|| {
-                    Error::PasstMissing(ferry_net_passt::launcher::Error::NotFound(
-                        cli.passt.display().to_string(),
-                    ))
-                })?;
-                Ok(Net::Passt {
-                    mac,
-                    passt: ferry_net_passt::PasstConfig { binary, args },
-                })
-            }
-        }
-    }
-}
-
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Console {
@@ -258,36 +234,29 @@ impl Console {
     }
 }
 
-/// A disk as `--disk` spells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskSpec {
-    /// The image.
-    pub path: PathBuf,
-    /// Whether the guest may only read.
-    pub read_only: bool,
-    /// The serial number the guest reads.
-    pub serial: String,
+/// Whether `serial` can be a disk's serial number: 1-20 printable ASCII characters.
+pub fn valid_serial(serial: &str) -> bool {
+    (1..=ferry_devices::virtio::block::ID_LEN).contains(&serial.len())
+        && serial.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Parses `PATH[,ro][,id=SERIAL]`.
-pub fn parse_disk(spec: &str) -> Result<DiskSpec, Error> {
+/// Parses `--disk PATH[,ro][,id=SERIAL]`, the `index`th: its id is
+/// `drive<index>` (the API's name for it), its serial the `id=`.
+pub fn parse_disk(spec: &str, index: usize) -> Result<DriveSpec, Error> {
     let err = || Error::DiskSpec(spec.to_string());
     let mut fields = spec.split(',');
     let path = fields.next().filter(|p| !p.is_empty()).ok_or_else(err)?;
-    let mut disk = DiskSpec {
+    let mut disk = DriveSpec {
+        id: format!("drive{index}"),
         path: PathBuf::from(path),
         read_only: false,
+        root: false,
         serial: String::new(),
     };
     for field in fields {
         match field.split_once('=') {
             None if field == "ro" => disk.read_only = true,
-            Some(("id", id))
-                if (1..=ferry_devices::virtio::block::ID_LEN).contains(&id.len())
-                    && id.bytes().all(|b| b.is_ascii_graphic()) =>
-            {
-                disk.serial = id.to_string()
-            }
+            Some(("id", id)) if valid_serial(id) => disk.serial = id.to_string(),
             _ => return Err(err()),
         }
     }
@@ -304,8 +273,98 @@ pub struct Disk {
 }
 
 /// Checks a duration in seconds.
-fn seconds(option: &'static str, secs: f64) -> Result<std::time::Duration, Error> {
-    std::time::Duration::try_from_secs_f64(secs).map_err(|_| Error::Seconds(option, secs))
+fn seconds(option: &'static str, secs: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(secs).map_err(|_| Error::Seconds(option, secs))
+}
+
+/// Options of the ferry process rather than of the machine: where the
+/// console goes, time limits, the transport, what KVM to accept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// Where the console goes.
+    pub console: Console,
+    /// A copy of the console output.
+    pub console_log: Option<PathBuf>,
+    /// When to stop the VM, counted from ferry's start.
+    pub timeout: Option<Duration>,
+    /// How long the guest gets to shut down when ferry is asked to stop.
+    pub shutdown_grace: Duration,
+    /// Where the virtio devices sit.
+    pub transport: Transport,
+    /// Whether to run on a PVM /dev/kvm.
+    pub allow_pvm: bool,
+}
+
+impl Launch {
+    /// The process options the command line asks for.
+    pub fn from_cli(cli: &Cli) -> Result<Self, Error> {
+        Ok(Self {
+            console: Console::parse(&cli.console)?,
+            console_log: cli.console_log.clone(),
+            timeout: cli
+                .timeout
+                .map(|secs| seconds("timeout", secs))
+                .transpose()?,
+            shutdown_grace: seconds("shutdown-grace", cli.shutdown_grace)?,
+            transport: cli.virtio,
+            allow_pvm: cli.allow_pvm,
+        })
+    }
+}
+
+/// The machine the command line describes (none of its files opened yet).
+pub fn resources_from_cli(cli: &Cli) -> Result<VmResources, Error> {
+    let size =
+        |asked: String, check: Result<(), String>| check.map_err(|why| Error::Size { asked, why });
+    size(
+        format!("--cpus {}", cli.cpus),
+        MachineSpec::check_cpus(cli.cpus),
+    )?;
+    size(
+        format!("--memory {}", cli.memory),
+        MachineSpec::check_memory(cli.memory, host_memory_mib()),
+    )?;
+    let drives = cli
+        .disk
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| parse_disk(spec, index))
+        .collect::<Result<Vec<_>, _>>()?;
+    let net = match cli.net {
+        NetKind::None => None,
+        NetKind::Passt => {
+            let mac = parse_mac(&cli.mac)?;
+            let mut args = Vec::new();
+            for spec in &cli.publish {
+                args.extend(publish_to_passt(spec)?);
+            }
+            args.extend(cli.passt_args.iter().cloned());
+            // Checked here, so that a missing passt is reported before anything starts.
+            let binary = ferry_net_passt::launcher::resolve(&cli.passt).ok_or_else(|| {
+                Error::PasstMissingCli(ferry_net_passt::launcher::Error::NotFound(
+                    cli.passt.display().to_string(),
+                ))
+            })?;
+            Some(NetSpec {
+                id: "eth0".into(),
+                mac,
+                passt: ferry_net_passt::PasstConfig { binary, args },
+            })
+        }
+    };
+    Ok(VmResources {
+        boot: cli.kernel.as_ref().map(|kernel| BootSource {
+            kernel: kernel.clone(),
+            initrd: cli.initrd.clone(),
+            cmdline: cli.cmdline.clone(),
+        }),
+        machine: MachineSpec {
+            cpus: cli.cpus,
+            memory_mib: cli.memory,
+        },
+        drives,
+        net,
+    })
 }
 
 /// A checked VM configuration.
@@ -332,9 +391,9 @@ pub struct VmConfig {
     /// A copy of the console output.
     pub console_log: Option<File>,
     /// When to stop the VM.
-    pub timeout: Option<std::time::Duration>,
+    pub timeout: Option<Duration>,
     /// How long the guest gets to shut down when ferry is asked to stop.
-    pub shutdown_grace: std::time::Duration,
+    pub shutdown_grace: Duration,
     /// Where the virtio devices sit.
     pub transport: Transport,
 }
@@ -356,50 +415,36 @@ fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {
     Ok(file)
 }
 
-/// This host's RAM in MiB, from /proc/meminfo.
-fn host_memory_mib() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
-}
-
-/// Checks the sizes given on the command line; `host_mib` bounds the memory.
-fn check_sizes(cpus: u32, memory_mib: u64, host_mib: u64) -> Result<(), Error> {
-    if cpus == 0 || cpus > MAX_CPUS {
-        return Err(Error::Cpus(cpus));
-    }
-    if !(MIN_MEMORY_MIB..=host_mib).contains(&memory_mib) {
-        return Err(Error::Memory {
-            mib: memory_mib,
-            max: host_mib,
-        });
-    }
-    Ok(())
+/// This host's RAM in MiB, from /proc/meminfo (no bound if unreadable).
+fn host_memory_mib() -> u64 {
+    let read = || -> Option<u64> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024)
+    };
+    read().unwrap_or(u64::MAX >> 20)
 }
 
 impl VmConfig {
-    /// Checks `cli` and opens the files it names.
-    pub fn from_cli(cli: &Cli) -> Result<Self, Error> {
-        check_sizes(
-            cli.cpus,
-            cli.memory,
-            host_memory_mib().unwrap_or(u64::MAX >> 20),
+    /// Checks `resources` and opens and locks the files it names; `launch`
+    /// adds the process's options.
+    pub fn build(resources: &VmResources, launch: &Launch) -> Result<Self, Error> {
+        let boot = resources.boot.as_ref().ok_or(Error::NoBootSource)?;
+        let machine = resources.machine;
+        let size = |asked: String, check: Result<(), String>| {
+            check.map_err(|why| Error::Size { asked, why })
+        };
+        size(
+            format!("{} vCPUs", machine.cpus),
+            MachineSpec::check_cpus(machine.cpus),
         )?;
-        let console = Console::parse(&cli.console)?;
-        let timeout = cli
-            .timeout
-            .map(|secs| seconds("timeout", secs))
-            .transpose()?;
-        let shutdown_grace = seconds("shutdown-grace", cli.shutdown_grace)?;
-        let specs = cli
-            .disk
-            .iter()
-            .map(|s| parse_disk(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let transport = cli.virtio;
-        let net = Net::from_cli(cli)?;
-        let devices = specs.len() + usize::from(net != Net::None);
+        size(
+            format!("{} MiB of memory", machine.memory_mib),
+            MachineSpec::check_memory(machine.memory_mib, host_memory_mib()),
+        )?;
+        let transport = launch.transport;
+        let devices = resources.drives.len() + usize::from(resources.net.is_some());
         if devices > transport.max_devices() {
             return Err(Error::TooManyDevices {
                 devices,
@@ -407,23 +452,43 @@ impl VmConfig {
                 max: transport.max_devices(),
             });
         }
-        let kernel_path = cli.kernel.as_deref().ok_or(Error::NoKernel)?;
-        let kernel = open_file("kernel", kernel_path)?;
-        let initrd = cli
+        let net = match &resources.net {
+            None => Net::None,
+            Some(net) => {
+                let binary =
+                    ferry_net_passt::launcher::resolve(&net.passt.binary).ok_or_else(|| {
+                        Error::PasstMissing(ferry_net_passt::launcher::Error::NotFound(
+                            net.passt.binary.display().to_string(),
+                        ))
+                    })?;
+                Net::Passt {
+                    mac: net.mac,
+                    passt: ferry_net_passt::PasstConfig {
+                        binary,
+                        args: net.passt.args.clone(),
+                    },
+                }
+            }
+        };
+        let kernel = open_file("kernel", &boot.kernel)?;
+        let initrd = boot
             .initrd
             .as_deref()
             .map(|p| open_file("initrd", p))
             .transpose()?;
         // Disks last among the checks: opening one takes its lock.
         let mut disks = Vec::new();
-        for spec in specs {
+        for spec in resources.drives_in_guest_order() {
+            if !spec.serial.is_empty() && !valid_serial(&spec.serial) {
+                return Err(Error::Serial(spec.serial.clone()));
+            }
             let image = ferry_devices::virtio::block::DiskImage::open(&spec.path, spec.read_only)?;
             disks.push(Disk {
                 image,
-                serial: spec.serial,
+                serial: spec.serial.clone(),
             });
         }
-        let console_log = cli
+        let console_log = launch
             .console_log
             .as_ref()
             .map(|path| {
@@ -436,16 +501,16 @@ impl VmConfig {
         Ok(VmConfig {
             kernel,
             initrd,
-            cmdline: cmdline_for(&cli.cmdline, transport),
-            cpus: cli.cpus,
-            mem_size: cli.memory << 20,
-            console,
-            allow_pvm: cli.allow_pvm,
+            cmdline: cmdline_for(&boot.cmdline, transport),
+            cpus: machine.cpus,
+            mem_size: machine.memory_mib << 20,
+            console: launch.console.clone(),
+            allow_pvm: launch.allow_pvm,
             net,
             disks,
             console_log,
-            timeout,
-            shutdown_grace,
+            timeout: launch.timeout,
+            shutdown_grace: launch.shutdown_grace,
             transport,
         })
     }
@@ -530,14 +595,16 @@ mod tests {
     #[test]
     fn disk_specs() {
         assert_eq!(
-            parse_disk("/img").unwrap(),
-            DiskSpec {
+            parse_disk("/img", 0).unwrap(),
+            DriveSpec {
+                id: "drive0".into(),
                 path: "/img".into(),
                 read_only: false,
+                root: false,
                 serial: String::new()
             }
         );
-        let d = parse_disk("a.img,ro,id=build-cache").unwrap();
+        let d = parse_disk("a.img,ro,id=build-cache", 1).unwrap();
         assert!(d.read_only);
         assert_eq!(d.serial, "build-cache");
         for bad in [
@@ -548,7 +615,7 @@ mod tests {
             "a.img,id=has space",
             "a.img,id=123456789012345678901",
         ] {
-            assert!(parse_disk(bad).is_err(), "{bad}");
+            assert!(parse_disk(bad, 0).is_err(), "{bad}");
         }
     }
 
@@ -569,19 +636,6 @@ mod tests {
         );
         assert!(Console::parse("file:").is_err());
         assert!(Console::parse("tty").is_err());
-    }
-
-    #[test]
-    fn sizes_out_of_range_are_refused() {
-        assert!(matches!(check_sizes(0, 256, 1024), Err(Error::Cpus(0))));
-        assert!(matches!(check_sizes(255, 256, 1024), Err(Error::Cpus(255))));
-        assert!(matches!(check_sizes(1, 0, 1024), Err(Error::Memory { .. })));
-        assert!(matches!(
-            check_sizes(1, 4096, 1024),
-            Err(Error::Memory { .. })
-        ));
-        check_sizes(1, 256, 1024).unwrap();
-        check_sizes(254, 32, 1024).unwrap();
     }
 
     #[test]

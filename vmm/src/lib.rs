@@ -14,5 +14,6 @@ pub mod exit_status;
 mod kvm;
 pub mod logger;
 mod memory;
+pub mod resources;
 mod vcpu;
 pub mod vm;

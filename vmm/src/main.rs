@@ -35,7 +35,11 @@ fn main() {
         println!("{}", config::cmdline_for(&cli.cmdline, cli.virtio));
         return;
     }
-    let code = match config::VmConfig::from_cli(&cli) {
+    let checked = config::Launch::from_cli(&cli).and_then(|launch| {
+        let resources = config::resources_from_cli(&cli)?;
+        config::VmConfig::build(&resources, &launch)
+    });
+    let code = match checked {
         Err(e) => {
             report(&e);
             exit_status::BAD_CONFIG
