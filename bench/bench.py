@@ -41,33 +41,22 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNEL = os.path.join(ROOT, "resources/out/vmlinuz")
-INITRD = os.path.join(ROOT, "resources/out/initramfs-bench.cpio.gz")
-FERRY = os.environ.get("BENCH_FERRY", os.path.join(ROOT, "target/release/ferry"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ left in bench/
+import vmms  # noqa: E402
+from vmms import FERRY, MAC, is_vhost_user  # noqa: E402
+
+ROOT = vmms.ROOT
+INITRD = vmms.BENCH_INITRD
 MEM_MIB = 512
-MAC = "02:66:72:72:79:01"
-BASE = "console=ttyS0 quiet reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"
 GW = "192.0.2.254"
 IPERF_PORT = 5201
 RR_PORT = 5202
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# QEMU's machine, virtio-net device and extra guest command line per VMM name.
-QEMU_MACHINES = {
-    "qemu-microvm": ("microvm,acpi=on", "virtio-net-device", "pci=off"),
-    "qemu-q35": ("q35", "virtio-net-pci", ""),
-    "qemu-q35-vhost-user": ("q35", "virtio-net-pci", ""),
-}
-VMMS = ("ferry", *QEMU_MACHINES)
-
-
-def is_vhost_user(name):
-    """Whether passt is this QEMU's virtio-net backend (vhost-user) instead of a stream netdev."""
-    return name.endswith("-vhost-user")
+VMMS = ("ferry", *vmms.QEMU_MACHINES)
 
 
 def guest_script(seconds):
@@ -104,6 +93,7 @@ def cpu_seconds(pid, own=False):
 
 
 def children(pid):
+    """The processes whose parent is `pid` (ferry's passt)."""
     out = []
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -116,24 +106,6 @@ def children(pid):
     return out
 
 
-def memory_kib(pid, mem_mib=MEM_MIB):
-    """(RSS outside the guest RAM mapping of `mem_mib`, VmHWM), in KiB."""
-    rss = 0
-    size = 0
-    try:
-        with open(f"/proc/{pid}/smaps") as f:
-            for line in f:
-                if line.startswith("Size:"):
-                    size = int(line.split()[1])
-                elif line.startswith("Rss:") and size != mem_mib * 1024:
-                    rss += int(line.split()[1])
-        with open(f"/proc/{pid}/status") as f:
-            hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None, None
-    return rss, hwm
-
-
 class Vmm:
     """How to start one VMM with its passt."""
 
@@ -143,40 +115,24 @@ class Vmm:
         self.passt = None
 
     def start(self, cmdline_tail):
+        """Starts the VMM (and for QEMU its passt first) to run `cmdline_tail`
+        in the guest; returns the process and the moment the VMM itself was
+        started (for QEMU after its passt is ready: a runtime starts passt
+        ahead, while ferry's clock includes starting its own)."""
+        # ferry's default command line, quiet: the console carries the figures.
+        cmdline = vmms.append(vmms.ferry_cmdline(), "quiet")
+        job = f"\"{cmdline_tail}\""
         if self.name == "ferry":
-            cmd = [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", str(MEM_MIB),
-                   "--mac", MAC, "--cmdline", f"{BASE} -- \"{cmdline_tail}\""]
-            return self.popen(cmd)
-        sock = os.path.join(self.tmp, f"passt-{self.name}.sock")
-        if os.path.exists(sock):
-            os.unlink(sock)
-        vhost_user = ["--vhost-user"] if is_vhost_user(self.name) else []
-        self.passt = subprocess.Popen(["passt", "-f", "-1", *vhost_user, "-s", sock],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
-        for _ in range(500):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.01)
-        # passt creates the socket file before it listens on it: QEMU's
-        # stream netdev does not retry a refused connection.
-        time.sleep(0.5)
-        machine, dev, extra = QEMU_MACHINES[self.name]
-        if is_vhost_user(self.name):
-            # passt reads and writes guest memory itself: it must be shared.
-            netdev = ["-object", f"memory-backend-memfd,id=mem,size={MEM_MIB}M,share=on",
-                      "-numa", "node,memdev=mem", "-chardev", f"socket,id=c0,path={sock}",
-                      "-netdev", "vhost-user,id=n0,chardev=c0"]
+            cmd = vmms.ferry_cmd(MEM_MIB, INITRD, cmdline, job, "--mac", MAC)
         else:
-            netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"]
-        cmd = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-M", machine,
-               "-m", str(MEM_MIB), "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
-               "-no-reboot", "-serial", "stdio", "-kernel", KERNEL, "-initrd", INITRD,
-               "-append", f"{BASE} {extra} -- \"{cmdline_tail}\"",
-               *netdev, "-device", f"{dev},netdev=n0,mac={MAC}"]
-        return self.popen(cmd)
+            sock = os.path.join(self.tmp, f"passt-{self.name}.sock")
+            self.passt = vmms.start_passt(sock, vhost_user=is_vhost_user(self.name))
+            cmd = vmms.qemu_cmd(self.name, MEM_MIB, INITRD, cmdline, job, net_socket=sock)
+        started = time.monotonic()
+        return self.popen(cmd), started
 
     def stderr_path(self):
+        """Where the VMM's stderr goes."""
         return os.path.join(self.tmp, f"{self.name}.stderr")
 
     def popen(self, cmd):
@@ -185,6 +141,7 @@ class Vmm:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
 
     def stderr_tail(self, lines=4):
+        """The last `lines` lines of the VMM's stderr."""
         try:
             with open(self.stderr_path(), errors="replace") as f:
                 return [l.rstrip() for l in f.readlines()[-lines:]]
@@ -192,18 +149,16 @@ class Vmm:
             return []
 
     def passt_pid(self, vmm_pid):
+        """The pid of this VMM's passt: QEMU's, started here, or ferry's child."""
         if self.passt:
             return self.passt.pid
         kids = children(vmm_pid)
         return kids[0] if kids else None
 
     def stop(self):
+        """Sees QEMU's passt gone (ferry stops its own)."""
         if self.passt:
-            try:
-                self.passt.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.passt.kill()
-                self.passt.wait()
+            vmms.stop_passt(self.passt)
             self.passt = None
 
 
@@ -229,7 +184,7 @@ def warm_up(vmm, timeout=120):
     nested guest after kvm-host starts boots 1-2 s faster than any later one,
     and a VMM's first start reads its files from disk: without this, whichever
     VMM runs first would have one unfairly fast boot and the others none."""
-    proc = vmm.start("poweroff -f")
+    proc, _ = vmm.start("poweroff -f")
     try:
         proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -239,22 +194,11 @@ def warm_up(vmm, timeout=120):
 
 
 def one_run(vmm, seconds, timeout):
-    t0 = time.monotonic()
-    proc = vmm.start(guest_script(seconds))
+    """Boots `vmm` once through every phase; its figures, and why not if it did not finish."""
+    proc, t0 = vmm.start(guest_script(seconds))
     pid = proc.pid
     res = {"phases": {}}
-    mem_peak = [0, 0]
-    done = threading.Event()
-
-    def sampler():
-        while not done.is_set():
-            rss, hwm = memory_kib(pid)
-            if rss:
-                mem_peak[0] = max(mem_peak[0], rss)
-                mem_peak[1] = max(mem_peak[1], hwm)
-            time.sleep(0.2)
-
-    threading.Thread(target=sampler, daemon=True).start()
+    memory = vmms.MemorySampler(pid, MEM_MIB, 0.2).start()
     timed_out = threading.Event()
 
     def kill():
@@ -312,12 +256,12 @@ def one_run(vmm, seconds, timeout):
             text.append(line)
     proc.wait()
     killer.cancel()
-    done.set()
+    memory.stop()
     end = time.monotonic() - t0
     vmm.stop()
     if "poweroff_at" in res:
         res["exit_s"] = end - res.pop("poweroff_at")
-    res["rss_outside_kib"], res["peak_rss_kib"] = mem_peak
+    res["rss_outside_kib"], res["peak_rss_kib"] = memory.peak_rss_outside_kib, memory.peak_hwm_kib
     res["complete"] = all(res["phases"].get(n, {}).get("ok") for n in ("tx1", "rx1", "tx4", "rx4", "udp", "rr")) \
         and "exit_s" in res
     if not res["complete"]:
@@ -327,6 +271,7 @@ def one_run(vmm, seconds, timeout):
 
 
 def rr_server(stop):
+    """The host end of ft tcp-rr: echoes every connection on RR_PORT until `stop`."""
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", RR_PORT))
@@ -341,6 +286,7 @@ def rr_server(stop):
 
 
 def echo_connection(conn):
+    """Sends back whatever one connection sends, without delay."""
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn.settimeout(60)
     try:
@@ -355,6 +301,7 @@ def echo_connection(conn):
 
 
 def loopback_ceiling(seconds):
+    """iperf3's Mbit/s over the host's loopback: what no VMM can beat."""
     out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(IPERF_PORT), "-t", str(seconds), "-f", "m"],
                          capture_output=True, text=True).stdout
     return parse_iperf(out)[0]
@@ -382,6 +329,7 @@ FIGURES = [
 
 
 def value(run, key):
+    """The figure `key` (a FIGURES key: "name" or "phase.what") of one run."""
     if "." not in key:
         return run.get(key)
     phase, what = key.split(".")
@@ -399,10 +347,7 @@ def build_table(results, names):
     for key, label, _ in FIGURES:
         table[key] = {}
         for name in names:
-            vals = [v for v in (value(r, key) for r in results.get(name, [])) if v is not None]
-            table[key][name] = {"median": statistics.median(vals) if vals else None,
-                                "min": min(vals) if vals else None, "max": max(vals) if vals else None,
-                                "n": len(vals)}
+            table[key][name] = vmms.spread(value(r, key) for r in results.get(name, []))
     return table
 
 
@@ -461,13 +406,6 @@ def passt_has_vhost_user():
     return "--vhost-user" in out.stdout + out.stderr
 
 
-def save(path, data):
-    """Writes the results to `path` whole or not at all."""
-    with open(path + ".new", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(path + ".new", path)
-
-
 def combine(paths):
     """Pools the runs of earlier invocations' JSON files and prints their table."""
     results, ceilings, builds = {}, [], set()
@@ -520,9 +458,7 @@ def main():
     if args.combine:
         combine(args.combine)
         return
-    for path in (KERNEL, INITRD, FERRY):
-        if not os.path.exists(path):
-            sys.exit(f"bench: {path} missing (resources/build-guest.sh; cargo build --release)")
+    vmms.require_files("bench", (vmms.KERNEL, INITRD, FERRY))
     names = args.vmm.split(",")
     unknown = [n for n in names if n not in VMMS]
     if unknown:
@@ -530,6 +466,7 @@ def main():
     if any(is_vhost_user(n) for n in names) and not passt_has_vhost_user():
         sys.exit(f"bench: {shutil.which('passt')} has no --vhost-user (Debian 13's passt has it): "
                  "put such a passt first in PATH, or leave qemu-q35-vhost-user out")
+    vmms.ferry_cmdline()
     built = software()
     print("software: " + ", ".join(f"{k} {v}" for k, v in built.items()), file=sys.stderr)
     iperf = subprocess.Popen(["iperf3", "-s", "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
@@ -540,9 +477,7 @@ def main():
     results = {n: [] for n in names}
     try:
         ceiling = loopback_ceiling(args.seconds)
-        with tempfile.TemporaryDirectory() as tmp:
-            # passt started as root creates its socket as nobody.
-            os.chmod(tmp, 0o1777)
+        with vmms.socket_dir() as tmp:
             for name in names:
                 print(f"warm-up boot, not counted: {name}", file=sys.stderr)
                 warm_up(Vmm(name, tmp))
@@ -558,7 +493,7 @@ def main():
                     if r["complete"]:
                         results[name].append(r)
                         # Written after every run, so that an invocation cut short keeps its runs.
-                        save(args.json, {"runs": results, "loopback_mbit_s": ceiling,
+                        vmms.save_json(args.json, {"runs": results, "loopback_mbit_s": ceiling,
                                          "seconds": args.seconds, "software": built, "partial": True})
                         print(f"run {i} {name}: boot {r.get('userspace_s', 0):.1f}s "
                               f"tx {value(r, 'tx1.mbit_s')} rx {value(r, 'rx1.mbit_s')} Mbit/s "
@@ -567,7 +502,7 @@ def main():
         stop.set()
         iperf.terminate()
     table = summarize(results, names, ceiling)
-    save(args.json, {"table": table, "runs": results, "loopback_mbit_s": ceiling,
+    vmms.save_json(args.json, {"table": table, "runs": results, "loopback_mbit_s": ceiling,
                      "seconds": args.seconds, "software": built})
     print(f"wrote {args.json}")
 

@@ -28,21 +28,20 @@ Needs: a /dev/kvm that boots stock guests (inside ../shared/kvm-host here),
 qemu-system-x86, resources/build-guest.sh, cargo build --release.
 """
 import argparse
-import json
 import os
 import re
-import statistics
 import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNEL = os.path.join(ROOT, "resources/out/vmlinuz")
-INITRD = os.path.join(ROOT, "resources/out/initramfs.cpio.gz")
-FERRY = os.environ.get("BENCH_FERRY", os.path.join(ROOT, "target/release/ferry"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ left in bench/
+import vmms  # noqa: E402
+
+ROOT = vmms.ROOT
 IMAGE_MIB = 512
+MEM_MIB = 512
 QEMU_CACHE = "none"
-BASE = "console=ttyS0 quiet reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"
+VMMS = ("ferry", "qemu-q35", "qemu-microvm")
 PHASES = [
     ("seq-write", "ft disk-seq /dev/vda write 128", r"([\d.]+) MB/s"),
     ("seq-read", "ft disk-seq /dev/vda read 256", r"([\d.]+) MB/s"),
@@ -52,26 +51,24 @@ PHASES = [
 
 
 def guest_script():
+    """The guest's part: each phase, a marker when it succeeded, then poweroff. No double quotes."""
     parts = [f"{cmd} && echo bench:{name}:ok" for name, cmd, _ in PHASES]
     return "; ".join(parts) + "; poweroff -f"
 
 
 def command(vmm, image):
-    tail = f"-- \"{guest_script()}\""
+    """The command line that boots `vmm` with `image` as its disk to run the phases."""
+    # ferry's default command line, quiet: the console carries the figures.
+    cmdline = vmms.append(vmms.ferry_cmdline(), "quiet")
+    job = f"\"{guest_script()}\""
     if vmm == "ferry":
-        return [FERRY, "--kernel", KERNEL, "--initrd", INITRD, "--memory", "512", "--net", "none",
-                "--disk", image, "--cmdline", f"{BASE} {tail}"]
+        return vmms.ferry_cmd(MEM_MIB, vmms.INITRD, cmdline, job, "--net", "none", "--disk", image)
     drive = f"file={image},format=raw,cache={QEMU_CACHE},aio=threads"
-    common = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", "512",
-              "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-              "-serial", "stdio", "-kernel", KERNEL, "-initrd", INITRD]
-    if vmm == "qemu-q35":
-        return common + ["-M", "q35", "-drive", f"if=virtio,{drive}", "-append", f"{BASE} {tail}"]
-    return common + ["-M", "microvm,acpi=on", "-drive", f"if=none,id=d0,{drive}",
-                     "-device", "virtio-blk-device,drive=d0", "-append", f"{BASE} pci=off {tail}"]
+    return vmms.qemu_cmd(vmm, MEM_MIB, vmms.INITRD, cmdline, job, drive=drive)
 
 
 def one_run(vmm, image, timeout):
+    """Boots `vmm` once; the figure of each phase it finished, and whether it finished them all."""
     proc = subprocess.run(command(vmm, image), stdin=subprocess.DEVNULL, capture_output=True,
                           timeout=timeout, text=True, errors="replace")
     res = {}
@@ -115,7 +112,13 @@ def main():
     args = ap.parse_args()
     global QEMU_CACHE
     QEMU_CACHE = args.qemu_cache
-    vmms = args.vmm.split(",")
+    names = args.vmm.split(",")
+    unknown = [n for n in names if n not in VMMS]
+    if unknown:
+        sys.exit(f"bench/disk: unknown --vmm {','.join(unknown)} (known: {','.join(VMMS)})")
+    # Before anything is made that would need cleaning up.
+    vmms.require_files("bench/disk")
+    vmms.ferry_cmdline()
     mount = None
     if args.loop_ext4:
         backing = f"/tmp/bench-disk-fs-{os.getpid()}.ext4"
@@ -124,17 +127,16 @@ def main():
             f.truncate((IMAGE_MIB + 128) << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", backing], check=True)
         os.makedirs(mount, exist_ok=True)
+        # kvm-host's kernel has loop as a module, not loaded until asked for.
+        subprocess.run(["modprobe", "-q", "loop"], check=False)
         subprocess.run(["mount", "-o", "loop", backing, mount], check=True)
         args.dir = mount
-    for f in (KERNEL, INITRD, FERRY):
-        if not os.path.exists(f):
-            sys.exit(f"bench/disk: {f} is missing (resources/build-guest.sh; cargo build --release)")
     image = os.path.join(args.dir, f"bench-disk-{os.getpid()}.img")
     make_image(image)
-    results = {v: [] for v in vmms}
+    results = {v: [] for v in names}
     try:
         for run in range(args.runs):
-            for vmm in vmms:
+            for vmm in names:
                 for attempt in (1, 2):
                     try:
                         res = one_run(vmm, image, timeout=240)
@@ -156,17 +158,17 @@ def main():
             os.unlink(backing)
 
     print()
-    print(f"{'figure':<12}" + "".join(f"{v:>24}" for v in vmms) + f"{'ferry/best QEMU':>18}")
+    print(f"{'figure':<12}" + "".join(f"{v:>24}" for v in names) + f"{'ferry/best QEMU':>18}")
     summary = {}
     for name, _, pattern in PHASES:
         unit = "MB/s" if "MB/s" in pattern else "IOPS"
         row = f"{name + ' ' + unit:<12}"
         med = {}
-        for v in vmms:
-            vals = [r[name] for r in results[v]]
-            if vals:
-                med[v] = statistics.median(vals)
-                row += f"{med[v]:>10.0f} ({min(vals):.0f}-{max(vals):.0f})".rjust(24)
+        for v in names:
+            s = vmms.spread(r[name] for r in results[v])
+            if s["n"]:
+                med[v] = s["median"]
+                row += f"{med[v]:>10.0f} ({s['min']:.0f}-{s['max']:.0f})".rjust(24)
             else:
                 row += f"{'-':>24}"
         qemu = [m for v, m in med.items() if v.startswith("qemu")]
@@ -174,8 +176,7 @@ def main():
         row += f"{ratio:>17.2f}x" if ratio else f"{'-':>18}"
         summary[name] = {"median": med, "ratio_vs_best_qemu": ratio}
         print(row)
-    with open(args.json, "w") as f:
-        json.dump({"runs": results, "summary": summary}, f, indent=1)
+    vmms.save_json(args.json, {"runs": results, "summary": summary})
     print(f"\nwrote {args.json}")
 
 
