@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -59,9 +59,11 @@ pub struct StopPolicy {
     pub start: Instant,
     /// How long the guest gets to shut down on SIGTERM/SIGINT (0: none).
     pub shutdown_grace: Duration,
-    /// The keyboard controller, to press Ctrl-Alt-Del.
-    pub keyboard: Arc<Mutex<I8042>>,
 }
+
+/// The guest's keyboard controller, to press Ctrl-Alt-Del on: there once
+/// the VM is built.
+pub type KeyboardSlot = Arc<OnceLock<Arc<Mutex<I8042>>>>;
 
 /// Turns SIGTERM, SIGINT and SIGHUP, the time limit and the end of the
 /// grace period into the VM's end. The first SIGTERM or SIGINT asks the
@@ -72,6 +74,7 @@ struct StopWatch {
     timeout: TimerFd,
     grace: TimerFd,
     policy: StopPolicy,
+    keyboard: KeyboardSlot,
     vm_end: Arc<VmEnd>,
     /// The signal that started a clean shutdown.
     stopping: Arc<AtomicI32>,
@@ -109,7 +112,11 @@ const TIMEOUT: u32 = 1;
 const GRACE: u32 = 2;
 
 impl StopWatch {
-    fn new(vm_end: Arc<VmEnd>, policy: StopPolicy) -> std::io::Result<Self> {
+    fn new(
+        vm_end: Arc<VmEnd>,
+        policy: StopPolicy,
+        keyboard: KeyboardSlot,
+    ) -> std::io::Result<Self> {
         let signals = block_stop_signals()?;
         let mut timeout = TimerFd::new().map_err(std::io::Error::from)?;
         if let Some(limit) = policy.timeout {
@@ -124,6 +131,7 @@ impl StopWatch {
             timeout,
             grace: TimerFd::new().map_err(std::io::Error::from)?,
             policy,
+            keyboard,
             vm_end,
             stopping: Arc::new(AtomicI32::new(0)),
         })
@@ -153,12 +161,12 @@ impl StopWatch {
             self.vm_end.request(ExitReason::HostSignal(sig));
             return;
         }
-        let listening = self
-            .policy
-            .keyboard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .press_ctrl_alt_del();
+        let listening = self.keyboard.get().is_some_and(|keyboard| {
+            keyboard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .press_ctrl_alt_del()
+        });
         if !listening {
             log::warn!("signal {sig}: the guest has no keyboard driver to take Ctrl-Alt-Del; stopping the VM");
             self.vm_end.request(ExitReason::HostSignal(sig));
@@ -258,50 +266,69 @@ pub struct EventLoop {
     manager: EventManager<Subscriber>,
     vm_end: Arc<VmEnd>,
     stopping: Arc<AtomicI32>,
+    keyboard: KeyboardSlot,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("ended", &self.vm_end.reason())
+            .finish()
+    }
 }
 
 impl EventLoop {
-    /// A loop that ends with the VM and stops it as `policy` says.
-    /// Call before starting vCPU threads, so that they inherit the signal mask.
+    /// A loop that ends with the VM and stops it as `policy` says. Call
+    /// before starting any thread, so that they all inherit the signal
+    /// mask and only this loop takes the stop signals.
     pub fn new(vm_end: Arc<VmEnd>, policy: StopPolicy) -> Result<Self, Error> {
         let mut manager = EventManager::<Subscriber>::new().map_err(Error::Create)?;
         manager.add_subscriber(Arc::new(Mutex::new(EndWatch(vm_end.clone()))));
-        let watch = StopWatch::new(vm_end.clone(), policy).map_err(Error::Signals)?;
+        let keyboard = KeyboardSlot::default();
+        let watch =
+            StopWatch::new(vm_end.clone(), policy, keyboard.clone()).map_err(Error::Signals)?;
         let stopping = watch.stopping.clone();
         manager.add_subscriber(Arc::new(Mutex::new(watch)));
         Ok(Self {
             manager,
             vm_end,
             stopping,
+            keyboard,
         })
     }
 
-    /// Adds a device or console subscriber.
+    /// Adds a device, console or API subscriber.
     pub fn add(&mut self, subscriber: Subscriber) {
         self.manager.add_subscriber(subscriber);
     }
 
-    /// Dispatches events until the VM ends; returns why it ended. A guest
-    /// that shut down because ferry was asked to stop ends for that signal.
-    pub fn run(&mut self) -> Result<ExitReason, Error> {
-        loop {
-            if let Some(reason) = self.vm_end.reason() {
-                let sig = self.stopping.load(Ordering::SeqCst);
-                return Ok(match reason {
-                    ExitReason::PowerOff
-                    | ExitReason::Halt
-                    | ExitReason::Reset
-                    | ExitReason::GuestStatus(_)
-                        if sig != 0 =>
-                    {
-                        log::info!("the guest shut down as asked");
-                        ExitReason::HostSignal(sig)
-                    }
-                    other => other,
-                });
+    /// From now on a stop signal presses Ctrl-Alt-Del on `keyboard` first.
+    pub fn set_keyboard(&self, keyboard: Arc<Mutex<I8042>>) {
+        let _ = self.keyboard.set(keyboard);
+    }
+
+    /// Dispatches one round of events.
+    pub fn run_once(&mut self) -> Result<(), Error> {
+        self.manager.run().map(|_| ()).map_err(Error::Run)
+    }
+
+    /// Why the VM ended, if it has. A guest that shut down because ferry
+    /// was asked to stop ends for that signal.
+    pub fn ended(&self) -> Option<ExitReason> {
+        let reason = self.vm_end.reason()?;
+        let sig = self.stopping.load(Ordering::SeqCst);
+        Some(match reason {
+            ExitReason::PowerOff
+            | ExitReason::Halt
+            | ExitReason::Reset
+            | ExitReason::GuestStatus(_)
+                if sig != 0 =>
+            {
+                log::info!("the guest shut down as asked");
+                ExitReason::HostSignal(sig)
             }
-            self.manager.run().map_err(Error::Run)?;
-        }
+            other => other,
+        })
     }
 }
 
@@ -320,9 +347,10 @@ mod tests {
             timeout: None,
             start: Instant::now(),
             shutdown_grace: grace,
-            keyboard,
         };
-        (StopWatch::new(end.clone(), policy).unwrap(), end)
+        let slot = KeyboardSlot::default();
+        slot.set(keyboard).unwrap();
+        (StopWatch::new(end.clone(), policy, slot).unwrap(), end)
     }
 
     #[test]
@@ -346,10 +374,23 @@ mod tests {
     }
 
     #[test]
+    fn before_the_vm_is_built_a_signal_stops_at_once() {
+        let end = Arc::new(VmEnd::new().unwrap());
+        let policy = StopPolicy {
+            timeout: None,
+            start: Instant::now(),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        let mut w = StopWatch::new(end.clone(), policy, KeyboardSlot::default()).unwrap();
+        w.on_signal(libc::SIGTERM);
+        assert_eq!(end.reason(), Some(ExitReason::HostSignal(libc::SIGTERM)));
+    }
+
+    #[test]
     fn a_guest_without_a_keyboard_driver_is_stopped_at_once() {
         let (mut w, end) = watch(Duration::from_secs(10));
         {
-            let mut kbd = w.policy.keyboard.lock().unwrap();
+            let mut kbd = w.keyboard.get().unwrap().lock().unwrap();
             // The driver disabled the keyboard port (command 0xad).
             ferry_devices::bus::BusDevice::write(&mut *kbd, 4, &[0xad]);
         }

@@ -2,9 +2,10 @@
 //! ferry: boot a Linux guest on KVM, networked through passt.
 //!
 //! The `ferry` binary is a thin `main` over this library: the command line
-//! ([`cli`]) becomes a checked configuration ([`config`]), which [`vm`]
-//! builds and runs; [`exit_status`] turns how the VM ended into ferry's
-//! exit status. The integration tests use the same definitions.
+//! ([`cli`]) describes a machine ([`resources`]); the controller ([`vmm`])
+//! checks it ([`config`]), builds and starts the VM ([`vm`]) and runs the
+//! main loop until the VM ends; [`exit_status`] turns how it ended into
+//! ferry's exit status. The integration tests use the same definitions.
 
 pub mod cli;
 pub mod config;
@@ -17,3 +18,4 @@ mod memory;
 pub mod resources;
 mod vcpu;
 pub mod vm;
+pub mod vmm;

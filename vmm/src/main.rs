@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use clap::Parser;
-use ferry::{cli, config, exit_status, logger, vm};
+use ferry::{cli, config, exit_status, logger, vmm};
+use ferry_devices::vm_end::ExitReason;
 
 /// Prints `err` and its causes on one line.
 fn report(err: &dyn std::error::Error) {
@@ -16,6 +17,15 @@ fn report(err: &dyn std::error::Error) {
         source = cause.source();
     }
     log::error!("{line}");
+}
+
+/// Boots the machine the command line describes and runs it to its end.
+fn boot(cli: &cli::Cli, start: Instant) -> Result<ExitReason, vmm::Error> {
+    let launch = config::Launch::from_cli(cli)?;
+    let resources = config::resources_from_cli(cli)?;
+    let mut vmm = vmm::Vmm::new(start, launch, resources)?;
+    vmm.start_vm()?;
+    vmm.run()
 }
 
 fn main() {
@@ -35,28 +45,12 @@ fn main() {
         println!("{}", config::cmdline_for(&cli.cmdline, cli.virtio));
         return;
     }
-    let checked = config::Launch::from_cli(&cli).and_then(|launch| {
-        let resources = config::resources_from_cli(&cli)?;
-        config::VmConfig::build(&resources, &launch)
-    });
-    let code = match checked {
+    let code = match boot(&cli, start) {
+        Ok(reason) => exit_status::for_reason(&reason),
         Err(e) => {
             report(&e);
-            exit_status::BAD_CONFIG
+            e.exit_status()
         }
-        Ok(config) => match vm::run(config, start) {
-            Ok(reason) => exit_status::for_reason(&reason),
-            Err(e) => {
-                report(&e);
-                if e.is_bad_input() {
-                    exit_status::BAD_CONFIG
-                } else if e.is_kvm_unavailable() {
-                    exit_status::KVM_UNAVAILABLE
-                } else {
-                    exit_status::VMM_FAILURE
-                }
-            }
-        },
     };
     std::process::exit(code);
 }

@@ -35,7 +35,7 @@ use std::os::unix::thread::JoinHandleExt;
 
 use crate::config::{Console, Disk, Net, Transport, VmConfig};
 use crate::console::{self, ConsoleInput, RawTerminal};
-use crate::event_loop::{self, EventLoop, HaltWatch, StopPolicy};
+use crate::event_loop::{self, EventLoop, HaltWatch};
 use crate::{kvm, memory, vcpu};
 
 /// Errors while building or running the VM.
@@ -451,116 +451,173 @@ fn load_guest(mem: &GuestMemory, config: &mut VmConfig) -> Result<vm_memory::Gue
     Ok(kernel.entry)
 }
 
-/// Boots the guest described by `config` and runs it until it ends.
-/// `start` is ferry's start, for the boot-time marker.
-pub fn run(mut config: VmConfig, start: Instant) -> Result<ExitReason, Error> {
-    // The guest first, so that a bad kernel or initrd is reported whatever the host's KVM.
-    let mem = memory::map(config.mem_size)?;
-    let entry = load_guest(&mem, &mut config)?;
+/// A VM, built and ready to start: guest memory with the kernel in it,
+/// KVM's VM and vCPUs, the devices on their buses, passt running.
+/// [`Vm::start`] runs the vCPUs; [`Vm::stop`] tears everything down in
+/// order, whatever state the vCPUs are in.
+pub struct Vm {
+    vm_end: Arc<VmEnd>,
+    vcpus: Vec<vcpu::Vcpu>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    transport: VirtioTransport,
+    keyboard: Arc<Mutex<I8042>>,
+    passt: Option<PasstLink>,
+    disks: Vec<(String, Arc<BlockStats>)>,
+    _raw_terminal: Option<RawTerminal>,
+    /// Dropped last: every vCPU and device thread is gone by then.
+    mem: GuestMemory,
+}
 
-    let kvm = kvm::open(config.allow_pvm)?;
-    let vm = Arc::new(create_vm(&kvm, config.cpus)?);
-    memory::register(&vm, &mem)?;
-    let vm_end = Arc::new(VmEnd::new().map_err(|e| Error::Resource("the VM end event", e))?);
-    let mut devices = create_devices(
-        &vm,
-        config.transport,
-        &config.console,
-        config.console_log.take(),
-        &vm_end,
-        start,
-    )?;
-    // Before any thread starts (passt's log reader, devices, vCPUs): they
-    // inherit the blocked stop signals, which only the loop then takes.
-    let mut event_loop = EventLoop::new(
-        vm_end.clone(),
-        StopPolicy {
-            timeout: config.timeout,
-            start,
-            shutdown_grace: config.shutdown_grace,
-            keyboard: devices.keyboard.clone(),
-        },
-    )?;
-    let disks = add_disks(&vm, &mem, &mut devices, std::mem::take(&mut config.disks))?;
-    let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
-    acpi::write_acpi_tables(
-        &mem,
-        config.cpus,
-        &devices.acpi,
-        devices.pci_host_bridge().as_ref(),
-    )?;
-    regs::write_boot_tables(&mem)?;
-
-    let _raw_terminal = if config.console == Console::Stdio {
-        let input = ConsoleInput::new(devices.serial.clone())
-            .map_err(|e| Error::Resource("the console timer", e))?;
-        event_loop.add(Arc::new(Mutex::new(input)));
-        RawTerminal::enter(stdin().as_raw_fd())
-    } else {
-        None
-    };
-
-    vcpu::install_kick_handler()?;
-    let io_bus = Arc::new(devices.io_bus);
-    let mmio_bus = Arc::new(devices.mmio_bus);
-    let halt = Arc::new(vcpu::HaltProbe::new(config.cpus));
-    let mut vcpus = Vec::new();
-    for id in 0..config.cpus {
-        vcpus.push(vcpu::Vcpu::new(
-            &kvm,
-            &vm,
-            id,
-            config.cpus,
-            entry,
-            io_bus.clone(),
-            mmio_bus.clone(),
-            vm_end.clone(),
-            halt.clone(),
-        )?);
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("vcpus", &(self.vcpus.len() + self.threads.len()))
+            .field("disks", &self.disks.len())
+            .field("net", &self.passt.is_some())
+            .finish()
     }
-    log::debug!(
-        "guest set up {} ms after launch; starting the vCPUs",
-        start.elapsed().as_millis()
-    );
-    let mut threads = Vec::new();
-    for vcpu in vcpus {
-        match vcpu.start() {
-            Ok(thread) => threads.push(thread),
-            Err(e) => {
-                vm_end.request(ExitReason::Failure(e.to_string()));
-                break;
+}
+
+impl Vm {
+    /// Builds the VM `config` describes, its end reported on `vm_end`;
+    /// its console input and stop handling join `event_loop`. `start` is
+    /// ferry's start, for the boot-time marker.
+    pub fn build(
+        mut config: VmConfig,
+        start: Instant,
+        vm_end: Arc<VmEnd>,
+        event_loop: &mut EventLoop,
+    ) -> Result<Self, Error> {
+        // The guest first, so that a bad kernel or initrd is reported whatever the host's KVM.
+        let mem = memory::map(config.mem_size)?;
+        let entry = load_guest(&mem, &mut config)?;
+
+        let kvm = kvm::open(config.allow_pvm)?;
+        let vm = Arc::new(create_vm(&kvm, config.cpus)?);
+        memory::register(&vm, &mem)?;
+        let mut devices = create_devices(
+            &vm,
+            config.transport,
+            &config.console,
+            config.console_log.take(),
+            &vm_end,
+            start,
+        )?;
+        event_loop.set_keyboard(devices.keyboard.clone());
+        let disks = add_disks(&vm, &mem, &mut devices, std::mem::take(&mut config.disks))?;
+        let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
+        acpi::write_acpi_tables(
+            &mem,
+            config.cpus,
+            &devices.acpi,
+            devices.pci_host_bridge().as_ref(),
+        )?;
+        regs::write_boot_tables(&mem)?;
+
+        let raw_terminal = if config.console == Console::Stdio {
+            let input = ConsoleInput::new(devices.serial.clone())
+                .map_err(|e| Error::Resource("the console timer", e))?;
+            event_loop.add(Arc::new(Mutex::new(input)));
+            RawTerminal::enter(stdin().as_raw_fd())
+        } else {
+            None
+        };
+
+        vcpu::install_kick_handler()?;
+        let io_bus = Arc::new(devices.io_bus);
+        let mmio_bus = Arc::new(devices.mmio_bus);
+        let halt = Arc::new(vcpu::HaltProbe::new(config.cpus));
+        let mut vcpus = Vec::new();
+        for id in 0..config.cpus {
+            vcpus.push(vcpu::Vcpu::new(
+                &kvm,
+                &vm,
+                id,
+                config.cpus,
+                entry,
+                io_bus.clone(),
+                mmio_bus.clone(),
+                vm_end.clone(),
+                halt.clone(),
+            )?);
+        }
+        log::debug!(
+            "guest set up {} ms after launch",
+            start.elapsed().as_millis()
+        );
+        Ok(Self {
+            vm_end,
+            vcpus,
+            threads: Vec::new(),
+            io_bus,
+            mmio_bus,
+            transport: devices.transport,
+            keyboard: devices.keyboard,
+            passt,
+            disks,
+            _raw_terminal: raw_terminal,
+            mem,
+        })
+    }
+
+    /// Starts the vCPUs; a halted guest is then noticed through `event_loop`.
+    pub fn start(&mut self, event_loop: &mut EventLoop) {
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.start() {
+                Ok(thread) => self.threads.push(thread),
+                Err(e) => {
+                    self.vm_end.request(ExitReason::Failure(e.to_string()));
+                    break;
+                }
             }
+        }
+        let thread_ids = self.threads.iter().map(|t| t.as_pthread_t()).collect();
+        match HaltWatch::new(thread_ids) {
+            Ok(watch) => event_loop.add(Arc::new(Mutex::new(watch))),
+            Err(e) => log::warn!("cannot watch for a halted guest: {e}"),
         }
     }
 
-    let thread_ids = threads.iter().map(|t| t.as_pthread_t()).collect();
-    match HaltWatch::new(thread_ids) {
-        Ok(watch) => event_loop.add(Arc::new(Mutex::new(watch))),
-        Err(e) => log::warn!("cannot watch for a halted guest: {e}"),
+    /// Presses Ctrl-Alt-Del on the guest's keyboard; false if no driver listens.
+    pub fn send_ctrl_alt_del(&self) -> bool {
+        self.keyboard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .press_ctrl_alt_del()
     }
-    let outcome = event_loop.run();
-    if outcome.is_err() {
-        vm_end.request(ExitReason::Failure("the event loop failed".into()));
+
+    /// Stops the VM: the vCPUs, then the devices (their threads joined),
+    /// then passt; guest memory goes last. Logs the devices' counters.
+    pub fn stop(self) {
+        if self.vm_end.reason().is_none() {
+            self.vm_end
+                .request(ExitReason::Failure("the VM was stopped".into()));
+        }
+        vcpu::stop_all(self.threads, VCPU_STOP_TIMEOUT);
+        // Unstarted vCPUs hold bus references too.
+        drop(self.vcpus);
+        // The buses and the PCI root hold the last references to the devices:
+        // dropping them stops the device threads (a card's data path before
+        // passt is stopped, so that it does not see its link go) and closes
+        // passt's socket, so passt leaves on its own.
+        drop(self.io_bus);
+        drop(self.mmio_bus);
+        drop(self.transport);
+        if let Some(passt) = self.passt {
+            passt.stop();
+        }
+        for (name, stats) in self.disks {
+            log::info!(
+                "{name}: {} requests ({} malformed chains)",
+                stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+                stats.bad_chains.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+        drop(self.keyboard);
+        drop(self._raw_terminal);
+        // Guest memory outlives every vCPU: it is dropped only here.
+        drop(self.mem);
     }
-    vcpu::stop_all(threads, VCPU_STOP_TIMEOUT);
-    // The buses and the PCI root hold the last references to the devices:
-    // dropping them stops the device threads (a card's data path before
-    // passt is stopped, so that it does not see its link go) and closes
-    // passt's socket, so passt leaves on its own.
-    drop(io_bus);
-    drop(mmio_bus);
-    drop(devices.transport);
-    if let Some(passt) = passt {
-        passt.stop();
-    }
-    for (name, stats) in disks {
-        log::info!(
-            "{name}: {} requests ({} malformed chains)",
-            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-            stats.bad_chains.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
-    // Guest memory outlives every vCPU: it is dropped only here.
-    drop(mem);
-    Ok(outcome?)
 }
