@@ -187,6 +187,11 @@ impl VirtioCore {
         self.device.read_config(offset, data);
     }
 
+    /// The device's configuration generation.
+    pub(super) fn config_generation(&self) -> u32 {
+        self.device.config_generation()
+    }
+
     /// Writes the device's configuration space.
     pub(super) fn write_config(&mut self, offset: u64, data: &[u8]) {
         self.device.write_config(offset, data);

@@ -90,7 +90,7 @@ impl MmioTransport {
             reg::QUEUE_READY => core.selected_queue().map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => core.interrupt().status(),
             reg::STATUS => core.status(),
-            reg::CONFIG_GENERATION => 0,
+            reg::CONFIG_GENERATION => core.config_generation(),
             _ => {
                 log::debug!("virtio: read of unknown register 0x{offset:x}");
                 0
@@ -295,6 +295,18 @@ mod tests {
         w(&mut t, reg::STATUS, fok | status::DRIVER_OK);
         assert!(acts.lock().unwrap().is_empty());
         assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn the_config_generation_is_the_devices() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let probe = Probe::default();
+        let generation = probe.generation.clone();
+        let irq = Arc::new(Interrupt::new(IrqLine::new(5).unwrap()));
+        let mut t = MmioTransport::new(Box::new(probe), mem, irq).unwrap();
+        assert_eq!(r(&mut t, reg::CONFIG_GENERATION), 0);
+        generation.store(0x1_0003, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(r(&mut t, reg::CONFIG_GENERATION), 0x1_0003);
     }
 
     #[test]

@@ -323,6 +323,14 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes its configuration space (ignored unless the device says otherwise).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The configuration generation (virtio 1.2, 2.5): it changes with
+    /// every change of the configuration space the driver did not write
+    /// itself, at once with it, so that a driver reading several fields
+    /// (or one in several accesses) sees whether they belong together.
+    /// Constant for a device whose configuration never changes so.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Starts the device.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// Stops the device and returns it to its state before activation.

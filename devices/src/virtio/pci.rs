@@ -25,7 +25,7 @@ use crate::GuestMemory;
 /// Size of the BAR (a power of two, so the guest can size it).
 pub const BAR_SIZE: u64 = 0x8000;
 /// Offsets of the structures inside the BAR.
-mod bar {
+pub(super) mod bar {
     pub const COMMON: u64 = 0x0000;
     pub const COMMON_LEN: u64 = 0x40;
     pub const ISR: u64 = 0x1000;
@@ -63,7 +63,7 @@ mod cfg_type {
 }
 
 /// Offsets in the common configuration structure (virtio 1.2, 4.1.4.3).
-mod common {
+pub(super) mod common {
     pub const DEVICE_FEATURE_SELECT: u64 = 0x00;
     pub const DEVICE_FEATURE: u64 = 0x04;
     pub const DRIVER_FEATURE_SELECT: u64 = 0x08;
@@ -231,7 +231,8 @@ impl VirtioPci {
             &(core.queue_count() as u16).to_le_bytes(),
         );
         put(common::DEVICE_STATUS, &[core.status() as u8]);
-        put(common::CONFIG_GENERATION, &[0]);
+        // The field is 8 bits wide: the generation's low byte.
+        put(common::CONFIG_GENERATION, &[core.config_generation() as u8]);
         put(
             common::QUEUE_SELECT,
             &(core.queue_select as u16).to_le_bytes(),
@@ -602,6 +603,20 @@ mod tests {
         // A length the window cannot do reads nothing new.
         f.config_write(window + 12, &3u32.to_le_bytes());
         f.config_read(window + 16, &mut [0u8; 4]);
+    }
+
+    #[test]
+    fn the_config_generation_is_the_devices_low_byte() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let probe = Probe::default();
+        let generation = probe.generation.clone();
+        let sink = Arc::new(Recorder::default());
+        let mut f = VirtioPci::new(Box::new(probe), mem, BAR, sink).unwrap();
+        assert_eq!(read(&mut f, common::CONFIG_GENERATION, 1), 0);
+        generation.store(0x1_0203, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(read(&mut f, common::CONFIG_GENERATION, 1), 3);
+        // Next to the status byte, in one 4-byte read.
+        assert_eq!(read(&mut f, common::DEVICE_STATUS, 4) >> 8 & 0xff, 3);
     }
 
     #[test]

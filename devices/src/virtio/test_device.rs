@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //! A virtio device for the transports' tests: two queues of 16, features
 //! VERSION_1 and bit 5, a configuration space whose every byte is its
-//! offset; it records each activation's features and counts its resets.
+//! offset and whose generation the test sets; it records each
+//! activation's features and counts its resets.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::features::{self, VIRTIO_F_VERSION_1};
@@ -16,6 +18,8 @@ pub struct Probe {
     pub activations: Arc<Mutex<Vec<u64>>>,
     /// Resets after activation.
     pub resets: Arc<Mutex<usize>>,
+    /// The configuration generation.
+    pub generation: Arc<AtomicU32>,
 }
 
 /// Features of each activation, and the number of resets.
@@ -33,6 +37,9 @@ impl VirtioDevice for Probe {
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(offset as u8);
+    }
+    fn config_generation(&self) -> u32 {
+        self.generation.load(Ordering::SeqCst)
     }
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         assert_eq!(a.queues.len(), 2);

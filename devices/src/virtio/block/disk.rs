@@ -41,9 +41,6 @@ pub enum DiskError {
         #[source]
         source: io::Error,
     },
-    /// The image holds less than one sector.
-    #[error("the disk {0} is smaller than one 512-byte sector")]
-    TooSmall(PathBuf),
 }
 
 /// An open, locked disk image.
@@ -62,6 +59,8 @@ impl DiskImage {
     /// Opens `path` for the guest, read-only or read-write, and locks it:
     /// a shared lock for a read-only disk, an exclusive one otherwise, so
     /// that two VMs never write the same image (the lock goes with the file).
+    /// An image shorter than a sector is a disk of no sectors, on which
+    /// every read or write fails: a placeholder for a later swap.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
         let open_err = |source| DiskError::Open {
             path: path.to_path_buf(),
@@ -93,24 +92,44 @@ impl DiskImage {
                 }
             });
         }
-        let bytes = file.seek(SeekFrom::End(0)).map_err(open_err)?;
-        let sectors = bytes / SECTOR_SIZE;
-        if sectors == 0 {
-            return Err(DiskError::TooSmall(path.to_path_buf()));
-        }
-        if bytes % SECTOR_SIZE != 0 {
-            log::warn!(
-                "disk {}: its last {} bytes are not a whole sector; the guest cannot see them",
-                path.display(),
-                bytes % SECTOR_SIZE
-            );
-        }
+        let sectors = measure(&mut file, path).map_err(open_err)?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
             read_only,
             sectors,
             sparse_ops: kind.is_file(),
+        })
+    }
+
+    /// Whether `path` names the very file this image has open (the same
+    /// inode), not another one put there since (a new file, or one
+    /// bind-mounted over it).
+    pub fn is_file_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::metadata(path)) {
+            (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+            _ => false,
+        }
+    }
+
+    /// The same image with its size measured again (the file was resized
+    /// in place), through a second descriptor of the same open file: it
+    /// shares this one's lock, which a second [`DiskImage::open`] of a
+    /// writable image would meet.
+    pub fn remeasure(&self) -> Result<Self, DiskError> {
+        let open_err = |source| DiskError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = self.file.try_clone().map_err(open_err)?;
+        let sectors = measure(&mut file, &self.path).map_err(open_err)?;
+        Ok(Self {
+            file,
+            path: self.path.clone(),
+            read_only: self.read_only,
+            sectors,
+            sparse_ops: self.sparse_ops,
         })
     }
 
@@ -254,6 +273,21 @@ impl DiskImage {
     }
 }
 
+/// The whole sectors of `file` (`path`); a tail shorter than a sector is
+/// left out, with a warning. An empty image is a disk of no sectors (a
+/// placeholder that a live swap fills later).
+fn measure(file: &mut File, path: &Path) -> io::Result<u64> {
+    let bytes = file.seek(SeekFrom::End(0))?;
+    if bytes % SECTOR_SIZE != 0 {
+        log::warn!(
+            "disk {}: its last {} bytes are not a whole sector; the guest cannot see them",
+            path.display(),
+            bytes % SECTOR_SIZE
+        );
+    }
+    Ok(bytes / SECTOR_SIZE)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Read,
@@ -338,12 +372,11 @@ mod tests {
     }
 
     #[test]
-    fn bad_images_are_refused() {
+    fn bad_images_are_refused_and_short_ones_are_empty_disks() {
         let (dir, path) = image(100);
-        assert!(matches!(
-            DiskImage::open(&path, false),
-            Err(DiskError::TooSmall(_))
-        ));
+        assert_eq!(DiskImage::open(&path, false).unwrap().sectors(), 0);
+        let (_empty_dir, empty) = image(0);
+        assert_eq!(DiskImage::open(&empty, true).unwrap().sectors(), 0);
         assert!(matches!(
             DiskImage::open(&dir.0, true),
             Err(DiskError::NotADisk(_) | DiskError::Open { .. })
@@ -352,6 +385,28 @@ mod tests {
             DiskImage::open(&dir.0.join("missing"), true),
             Err(DiskError::Open { .. })
         ));
+    }
+
+    #[test]
+    fn a_remeasured_image_sees_the_new_size_and_keeps_the_lock() {
+        let (_dir, path) = image(4096);
+        let disk = DiskImage::open(&path, false).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(8192 + 100)
+            .unwrap();
+        let again = disk.remeasure().unwrap();
+        assert_eq!((disk.sectors(), again.sectors()), (8, 16));
+        assert_eq!((again.path(), again.read_only()), (path.as_path(), false));
+        drop(disk);
+        assert!(
+            matches!(DiskImage::open(&path, true), Err(DiskError::Locked(_))),
+            "the lock stays with the remeasured image"
+        );
+        drop(again);
+        DiskImage::open(&path, false).unwrap();
     }
 
     #[test]

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! virtio-blk over a raw image: the device model (features, configuration
 //! space, cache mode) here, requests in [`request`], the image in
-//! [`disk`], the I/O thread in [`worker`].
+//! [`disk`], swapping it live in [`backing`], the I/O thread in [`worker`].
 
+pub mod backing;
 pub mod disk;
 pub mod request;
 mod worker;
@@ -17,6 +18,8 @@ use virtio_bindings::virtio_ids;
 use super::device_thread::DeviceThread;
 use super::{features, read_config_bytes, ConfigLayout};
 use super::{ActivateError, Activation, VirtioDevice};
+use backing::Backing;
+pub use backing::{BackingHandle, SwapError};
 pub use disk::{DiskError, DiskImage};
 pub use request::ID_LEN;
 pub use worker::BlockStats;
@@ -49,7 +52,7 @@ mod feature {
     pub const SIZE_MAX: u32 = virtio_blk::VIRTIO_BLK_F_SIZE_MAX;
     /// `seg_max` holds the most segments in a request.
     pub const SEG_MAX: u32 = virtio_blk::VIRTIO_BLK_F_SEG_MAX;
-    /// The disk is read-only (the image was opened so).
+    /// The disk is read-only (its first image was opened so).
     pub const RO: u32 = virtio_blk::VIRTIO_BLK_F_RO;
     /// `blk_size` holds the logical block size.
     pub const BLK_SIZE: u32 = virtio_blk::VIRTIO_BLK_F_BLK_SIZE;
@@ -77,11 +80,12 @@ const READ_ONLY_FEATURES: u64 = features::set(&[feature::RO]);
 /// What a writable disk offers besides.
 const WRITABLE_FEATURES: u64 = features::set(&[feature::DISCARD, feature::WRITE_ZEROES]);
 
-/// A virtio-blk disk backed by an image file.
+/// A virtio-blk disk backed by an image file, which the VMM may swap
+/// while the guest runs (see [`Block::backing_handle`]).
 #[derive(Debug)]
 pub struct Block {
     name: String,
-    disk: Arc<DiskImage>,
+    backing: Arc<Backing>,
     serial: [u8; ID_LEN],
     writeback: Arc<AtomicBool>,
     stats: Arc<BlockStats>,
@@ -90,14 +94,15 @@ pub struct Block {
 
 impl Block {
     /// A disk whose I/O thread is called `name`, with a serial number
-    /// (GET_ID) of at most [`ID_LEN`] bytes; longer ones are cut.
+    /// (GET_ID) of at most [`ID_LEN`] bytes; longer ones are cut. The
+    /// disk is read-only for its life if `disk` was opened so.
     pub fn new(name: String, disk: DiskImage, serial: &str) -> Self {
         let mut id = [0u8; ID_LEN];
         let n = serial.len().min(ID_LEN);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
         Self {
+            backing: Arc::new(Backing::new(name.clone(), disk)),
             name,
-            disk: Arc::new(disk),
             serial: id,
             writeback: Arc::new(AtomicBool::new(true)),
             stats: Arc::new(BlockStats::default()),
@@ -110,10 +115,17 @@ impl Block {
         self.stats.clone()
     }
 
+    /// The handle with which the VMM swaps the disk's image while the
+    /// guest runs, and reads which one it serves; take it before the
+    /// device goes into its transport.
+    pub fn backing_handle(&self) -> BackingHandle {
+        BackingHandle::new(self.backing.clone())
+    }
+
     /// The configuration space.
     fn config_space(&self) -> virtio_blk_config {
         virtio_blk_config {
-            capacity: self.disk.sectors().to_le(),
+            capacity: self.backing.sectors().to_le(),
             size_max: SIZE_MAX.to_le(),
             seg_max: SEG_MAX.to_le(),
             blk_size: BLK_SIZE.to_le(),
@@ -145,7 +157,7 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let by_mode = if self.disk.read_only() {
+        let by_mode = if self.backing.read_only() {
             READ_ONLY_FEATURES
         } else {
             WRITABLE_FEATURES
@@ -155,6 +167,10 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config_space().as_bytes()[..CONFIG_LEN], offset, data);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.backing.generation()
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -180,24 +196,35 @@ impl VirtioDevice for Block {
         if !activation.has_feature(feature::CONFIG_WCE) {
             self.writeback.store(true, Ordering::Relaxed);
         }
+        let interrupt = activation.interrupt;
         let worker = worker::BlockWorker {
             name: self.name.clone(),
             mem: activation.mem,
             queue,
             kick,
-            interrupt: activation.interrupt,
-            disk: self.disk.clone(),
+            interrupt: interrupt.clone(),
+            backing: self.backing.clone(),
             serial: self.serial,
             writeback: self.writeback.clone(),
             stats: self.stats.clone(),
         };
         self.worker
-            .start(self.name.clone(), move |stop| worker.run(stop))
+            .start(self.name.clone(), move |stop| worker.run(stop))?;
+        self.backing.attach(interrupt);
+        Ok(())
     }
 
     fn reset(&mut self) {
         self.worker.stop();
+        self.backing.detach();
         self.writeback.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // A swap through a handle that outlives the device interrupts no one.
+        self.backing.detach();
     }
 }
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Requests driven through a mock queue against a real image file.
+//! Requests driven through a mock queue against a real image file, and
+//! the image swapped under them.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::backing::Backing;
 use super::request::status;
 use super::worker::BlockWorker;
 use super::*;
@@ -30,20 +32,30 @@ fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
 }
 
-/// An image file of [`IMAGE`] bytes of 0xee, removed on drop.
+/// An image file, removed on drop.
 struct Image(PathBuf);
 
 impl Image {
+    /// [`IMAGE`] bytes of 0xee.
     fn new() -> Self {
+        Self::filled(IMAGE / 512, 0xee)
+    }
+
+    /// `sectors` sectors of `byte`.
+    fn filled(sectors: usize, byte: u8) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let path =
             std::env::temp_dir().join(format!("ferry-blk-test-{}-{n}.img", std::process::id()));
         std::fs::File::create(&path)
             .unwrap()
-            .write_all(&[0xee; IMAGE])
+            .write_all(&vec![byte; sectors * 512])
             .unwrap();
         Image(path)
+    }
+
+    fn open(&self, read_only: bool) -> DiskImage {
+        DiskImage::open(&self.0, read_only).unwrap()
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -79,7 +91,7 @@ fn rig<'a>(mem: &'a GuestMemory, image: &Image, read_only: bool) -> Rig<'a> {
         queue: queue.create_queue().unwrap(),
         kick: EventFd::new(EFD_NONBLOCK).unwrap(),
         interrupt: Arc::new(Interrupt::new(line)),
-        disk: Arc::new(DiskImage::open(&image.0, read_only).unwrap()),
+        backing: Arc::new(Backing::new("blk-test".into(), image.open(read_only))),
         serial: *b"disk-serial-0\0\0\0\0\0\0\0",
         writeback: Arc::new(AtomicBool::new(true)),
         stats: Arc::new(BlockStats::default()),
@@ -315,4 +327,355 @@ fn the_config_space_is_virtio_blk_config_up_to_the_secure_erase_fields() {
     blk.read_config(0, &mut got);
     assert_eq!(got, expected);
     assert_eq!((CONFIG_LEN, WRITEBACK_OFFSET), (60, 32));
+}
+
+/// Reads `sectors` sectors at `sector` through the rig: the status, and
+/// the bytes if it succeeded.
+fn read_sectors(rig: &mut Rig, sector: u64, sectors: u32) -> (u8, Vec<u8>) {
+    let len = sectors * 512;
+    rig.mem
+        .write_slice(&vec![0u8; len as usize], GuestAddress(DATA))
+        .unwrap();
+    let (status, _) = rig.data_request(0, sector, len, true);
+    let mut back = vec![0u8; len as usize];
+    rig.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+    (status, back)
+}
+
+#[test]
+fn a_swap_while_running_serves_the_new_image_from_the_next_request() {
+    let (mem, old, new) = (memory(), Image::new(), Image::filled(16, 0x5a));
+    let mut rig = rig(&mem, &old, false);
+    let interrupt = rig.worker.interrupt.clone();
+    rig.worker.backing.attach(interrupt.clone());
+    let handle = BackingHandle::new(rig.worker.backing.clone());
+    assert_eq!(read_sectors(&mut rig, 0, 1), (status::OK, vec![0xee; 512]));
+    assert_eq!(interrupt.take_status(), 1, "used buffers");
+
+    handle.swap(new.open(false)).unwrap();
+    assert_eq!(interrupt.take_status(), 2, "a configuration change");
+    assert_eq!(rig.irq.read().unwrap(), 1, "on the device's line");
+    assert_eq!((handle.path(), handle.sectors()), (new.0.clone(), 16));
+    DiskImage::open(&old.0, false).expect("the old image is closed and unlocked");
+
+    assert_eq!(read_sectors(&mut rig, 0, 2), (status::OK, vec![0x5a; 1024]));
+    assert_eq!(read_sectors(&mut rig, 15, 1), (status::OK, vec![0x5a; 512]));
+    // Sectors the old image had, past the new one's end.
+    assert_eq!(read_sectors(&mut rig, 15, 2).0, status::IOERR);
+    assert_eq!(read_sectors(&mut rig, 40, 1).0, status::IOERR);
+    // Writes go to the new image only.
+    mem.write_slice(&[7u8; 512], GuestAddress(DATA)).unwrap();
+    assert_eq!(rig.data_request(1, 3, 512, false).0, status::OK);
+    assert!(new.bytes()[3 * 512..4 * 512].iter().all(|&b| b == 7));
+    assert!(old.bytes().iter().all(|&b| b == 0xee));
+    assert_eq!(interrupt.status(), 1, "used buffers only since the swap");
+}
+
+#[test]
+fn an_empty_placeholder_disk_refuses_io_until_an_image_is_swapped_in() {
+    let (mem, empty, rootfs) = (memory(), Image::filled(0, 0), Image::filled(8, 0x33));
+    let mut rig = rig(&mem, &empty, true);
+    rig.worker.backing.attach(rig.worker.interrupt.clone());
+    assert_eq!(read_sectors(&mut rig, 0, 1).0, status::IOERR);
+    BackingHandle::new(rig.worker.backing.clone())
+        .swap_path(&rootfs.0)
+        .unwrap();
+    assert_eq!(rig.irq.read().unwrap(), 1);
+    assert_eq!(read_sectors(&mut rig, 7, 1), (status::OK, vec![0x33; 512]));
+}
+
+#[test]
+fn a_swap_before_activation_changes_the_capacity_and_the_generation() {
+    let (old, new) = (Image::new(), Image::filled(16, 0x5a));
+    let blk = Block::new("vda".into(), old.open(false), "");
+    let handle = blk.backing_handle();
+    let capacity = |blk: &Block| {
+        let mut bytes = [0u8; 8];
+        blk.read_config(0, &mut bytes);
+        u64::from_le_bytes(bytes)
+    };
+    assert_eq!((capacity(&blk), blk.config_generation()), (64, 0));
+    let features = blk.features();
+
+    handle.swap(new.open(false)).unwrap();
+    assert_eq!((capacity(&blk), blk.config_generation()), (16, 1));
+    assert_eq!(blk.features(), features);
+    assert_eq!(handle.path(), new.0);
+    DiskImage::open(&old.0, false).expect("the old image is closed and unlocked");
+
+    // The other mode is refused, and nothing changes.
+    let read_only = Image::filled(4, 0);
+    assert!(matches!(
+        handle.swap(read_only.open(true)),
+        Err(SwapError::Mode {
+            disk_read_only: false,
+            ..
+        })
+    ));
+    assert_eq!((capacity(&blk), blk.config_generation()), (16, 1));
+    assert!(!handle.read_only());
+}
+
+/// A block device behind virtio-mmio, driven as a Linux driver does, with
+/// its I/O thread running.
+mod over_mmio {
+    use std::time::{Duration, Instant};
+
+    use virtio_bindings::virtio_mmio as reg;
+
+    use super::*;
+    use crate::bus::BusDevice;
+    use crate::virtio::mmio::MmioTransport;
+    use crate::virtio::status as dev;
+
+    const CONFIG: u64 = reg::VIRTIO_MMIO_CONFIG as u64;
+
+    fn r(t: &mut MmioTransport, offset: u32) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(u64::from(offset), &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport, offset: u32, value: u32) {
+        t.write(u64::from(offset), &value.to_le_bytes());
+    }
+
+    fn capacity(t: &mut MmioTransport) -> u64 {
+        let mut b = [0u8; 8];
+        t.read(CONFIG, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    /// Status, features, the one queue at `queue`'s addresses, DRIVER_OK.
+    fn start(t: &mut MmioTransport, queue: &MockSplitQueue<GuestMemory>) {
+        let split = |a: GuestAddress| (a.0 as u32, (a.0 >> 32) as u32);
+        w(t, reg::VIRTIO_MMIO_STATUS, dev::ACKNOWLEDGE | dev::DRIVER);
+        w(t, reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(t, reg::VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        w(t, reg::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        w(t, reg::VIRTIO_MMIO_DRIVER_FEATURES, 0);
+        let fok = dev::ACKNOWLEDGE | dev::DRIVER | dev::FEATURES_OK;
+        w(t, reg::VIRTIO_MMIO_STATUS, fok);
+        w(t, reg::VIRTIO_MMIO_QUEUE_SEL, 0);
+        w(t, reg::VIRTIO_MMIO_QUEUE_NUM, 16);
+        for (addr, low, high) in [
+            (
+                queue.desc_table_addr(),
+                reg::VIRTIO_MMIO_QUEUE_DESC_LOW,
+                reg::VIRTIO_MMIO_QUEUE_DESC_HIGH,
+            ),
+            (
+                queue.avail_addr(),
+                reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
+            ),
+            (
+                queue.used_addr(),
+                reg::VIRTIO_MMIO_QUEUE_USED_LOW,
+                reg::VIRTIO_MMIO_QUEUE_USED_HIGH,
+            ),
+        ] {
+            let (lo, hi) = split(addr);
+            w(t, low, lo);
+            w(t, high, hi);
+        }
+        w(t, reg::VIRTIO_MMIO_QUEUE_READY, 1);
+        w(t, reg::VIRTIO_MMIO_STATUS, fok | dev::DRIVER_OK);
+        assert_eq!(r(t, reg::VIRTIO_MMIO_STATUS), fok | dev::DRIVER_OK);
+    }
+
+    /// Reads sector `sector` through the running device: its status and bytes.
+    fn read_sector(
+        t: &mut MmioTransport,
+        mem: &GuestMemory,
+        queue: &MockSplitQueue<GuestMemory>,
+        sector: u64,
+    ) -> (u8, Vec<u8>) {
+        let used_idx = GuestAddress(queue.used_addr().0 + 2);
+        let before: u16 = mem.read_obj(used_idx).unwrap();
+        let mut h = [0u8; 16];
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(HEADER)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        mem.write_slice(&[0u8; 512], GuestAddress(DATA)).unwrap();
+        queue
+            .add_desc_chains(
+                &[
+                    desc(HEADER, 16, NEXT, 1),
+                    desc(DATA, 512, WRITE | NEXT, 2),
+                    desc(STATUS, 1, WRITE, 0),
+                ],
+                0,
+            )
+            .unwrap();
+        w(t, reg::VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mem.read_obj::<u16>(used_idx).unwrap() == before {
+            assert!(Instant::now() < deadline, "the I/O thread answers");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut back = vec![0u8; 512];
+        mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        (mem.read_obj(GuestAddress(STATUS)).unwrap(), back)
+    }
+
+    #[test]
+    fn a_running_disk_sees_a_swap_through_its_registers_and_requests() {
+        let mem = memory();
+        let (old, new, third) = (
+            Image::new(),
+            Image::filled(16, 0x5a),
+            Image::filled(4, 0x11),
+        );
+        let blk = Block::new("vda".into(), old.open(false), "");
+        let handle = blk.backing_handle();
+        let line = IrqLine::new(5).unwrap();
+        let irq = line.event().try_clone().unwrap();
+        let interrupt = Arc::new(Interrupt::new(line));
+        let mut t = MmioTransport::new(Box::new(blk), mem.clone(), interrupt.clone()).unwrap();
+        let queue = MockSplitQueue::create(&mem, RING, 16);
+        start(&mut t, &queue);
+        assert_eq!(irq.read().ok(), None, "nothing to tell at the start");
+        assert_eq!(
+            read_sector(&mut t, &mem, &queue, 0),
+            (status::OK, vec![0xee; 512])
+        );
+        w(&mut t, reg::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        let _ = irq.read();
+
+        handle.swap(new.open(false)).unwrap();
+        assert_eq!(r(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 2);
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(r(&mut t, reg::VIRTIO_MMIO_CONFIG_GENERATION), 1);
+        assert_eq!(capacity(&mut t), 16);
+        w(&mut t, reg::VIRTIO_MMIO_INTERRUPT_ACK, 2);
+        DiskImage::open(&old.0, false).expect("the old image is closed and unlocked");
+        assert_eq!(
+            read_sector(&mut t, &mem, &queue, 2),
+            (status::OK, vec![0x5a; 512])
+        );
+        assert_eq!(read_sector(&mut t, &mem, &queue, 16).0, status::IOERR);
+
+        // Reset: the driver hears of a swap when it starts the device again.
+        w(&mut t, reg::VIRTIO_MMIO_STATUS, 0);
+        let _ = irq.read();
+        handle.swap(third.open(false)).unwrap();
+        assert_eq!(r(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        assert_eq!(irq.read().ok(), None);
+        assert_eq!(r(&mut t, reg::VIRTIO_MMIO_CONFIG_GENERATION), 2);
+        assert_eq!(capacity(&mut t), 4);
+        let queue = MockSplitQueue::create(&mem, RING, 16);
+        start(&mut t, &queue);
+        assert_eq!(r(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 2);
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(
+            read_sector(&mut t, &mem, &queue, 3),
+            (status::OK, vec![0x11; 512])
+        );
+        interrupt.take_status();
+        let _ = irq.read();
+        drop(t);
+        handle.swap(new.open(false)).unwrap();
+        assert_eq!(interrupt.status(), 0, "a dropped device interrupts no one");
+        assert_eq!(irq.read().ok(), None);
+    }
+}
+
+/// A block device behind virtio-pci: a swap reaches the driver on the
+/// configuration vector it chose.
+mod over_pci {
+    use super::*;
+    use crate::bus::BusDevice;
+    use crate::pci::msix::{self, Recorder};
+    use crate::pci::{PciFunction, CAP_MSIX};
+    use crate::virtio::pci::{bar, common, VirtioPci};
+    use crate::virtio::status as dev;
+
+    fn write(f: &mut VirtioPci, offset: u64, len: usize, value: u64) {
+        f.write(offset, &value.to_le_bytes()[..len]);
+    }
+
+    fn read(f: &mut VirtioPci, offset: u64, len: usize) -> u64 {
+        let mut b = [0u8; 8];
+        f.read(offset, &mut b[..len]);
+        u64::from_le_bytes(b)
+    }
+
+    /// The offset of the MSI-X capability in the PCI configuration space.
+    fn msix_capability(f: &mut VirtioPci) -> usize {
+        let mut byte = [0u8; 2];
+        f.config_read(0x34, &mut byte[..1]);
+        let mut next = usize::from(byte[0]);
+        while next != 0 {
+            f.config_read(next, &mut byte);
+            if byte[0] == CAP_MSIX {
+                return next;
+            }
+            next = usize::from(byte[1]);
+        }
+        panic!("no MSI-X capability");
+    }
+
+    #[test]
+    fn a_swap_raises_the_configuration_vector_and_changes_the_generation() {
+        let mem = memory();
+        let (old, new, third) = (
+            Image::new(),
+            Image::filled(16, 0x5a),
+            Image::filled(4, 0x11),
+        );
+        let blk = Block::new("vda".into(), old.open(true), "");
+        let handle = blk.backing_handle();
+        let sink = Arc::new(Recorder::default());
+        let mut f = VirtioPci::new(Box::new(blk), mem.clone(), 0xe000_0000, sink.clone()).unwrap();
+        let msix = msix_capability(&mut f);
+        f.config_write(msix + 2, &msix::CONTROL_ENABLE.to_le_bytes());
+        for vector in 0..2u64 {
+            write(&mut f, bar::MSIX_TABLE + 16 * vector, 8, 0xfee0_0000);
+            write(&mut f, bar::MSIX_TABLE + 16 * vector + 8, 4, 0x30 + vector);
+            write(&mut f, bar::MSIX_TABLE + 16 * vector + 12, 4, 0);
+        }
+        let status = |s: u32| u64::from(s);
+        write(
+            &mut f,
+            common::DEVICE_STATUS,
+            1,
+            status(dev::ACKNOWLEDGE | dev::DRIVER),
+        );
+        write(&mut f, common::DRIVER_FEATURE_SELECT, 4, 1);
+        write(&mut f, common::DRIVER_FEATURE, 4, 1);
+        let fok = dev::ACKNOWLEDGE | dev::DRIVER | dev::FEATURES_OK;
+        write(&mut f, common::DEVICE_STATUS, 1, status(fok));
+        write(&mut f, common::CONFIG_MSIX_VECTOR, 2, 0);
+        let queue = MockSplitQueue::create(&mem, RING, 16);
+        write(&mut f, common::QUEUE_SELECT, 2, 0);
+        write(&mut f, common::QUEUE_SIZE, 2, 16);
+        write(&mut f, common::QUEUE_MSIX_VECTOR, 2, 1);
+        write(&mut f, common::QUEUE_DESC_LO, 4, queue.desc_table_addr().0);
+        write(&mut f, common::QUEUE_DRIVER_LO, 4, queue.avail_addr().0);
+        write(&mut f, common::QUEUE_DEVICE_LO, 4, queue.used_addr().0);
+        write(&mut f, common::QUEUE_ENABLE, 2, 1);
+        assert_eq!(read(&mut f, bar::DEVICE, 8), 64);
+
+        // While the driver sets the device up: it hears of it at DRIVER_OK.
+        handle.swap(new.open(true)).unwrap();
+        assert_eq!(read(&mut f, bar::DEVICE, 8), 16);
+        assert_eq!(read(&mut f, common::CONFIG_GENERATION, 1), 1);
+        assert!(sink.0.lock().unwrap().is_empty());
+        write(
+            &mut f,
+            common::DEVICE_STATUS,
+            1,
+            status(fok | dev::DRIVER_OK),
+        );
+        assert_eq!(*sink.0.lock().unwrap(), [(0xfee0_0000, 0x30)]);
+        assert_eq!(read(&mut f, bar::ISR, 1), 2);
+
+        // While it runs the device.
+        handle.swap(third.open(true)).unwrap();
+        assert_eq!(sink.0.lock().unwrap()[1..], [(0xfee0_0000, 0x30)]);
+        assert_eq!(read(&mut f, bar::ISR, 1), 2);
+        assert_eq!(read(&mut f, common::CONFIG_GENERATION, 1), 2);
+        assert_eq!(read(&mut f, bar::DEVICE, 8), 4);
+    }
 }

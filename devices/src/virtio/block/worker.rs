@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The I/O thread of one disk: waits for queue kicks, runs every request
 //! the driver made available, and interrupts the guest once per batch.
+//! It takes the image from the disk's [`Backing`] once per batch and
+//! follows a swap from the next request on.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::disk::DiskImage;
+use super::backing::Backing;
 use super::request::{Request, Settings, ID_LEN};
 use crate::virtio::device_thread::run_until_stopped;
 use crate::virtio::queue_drain::{drain, signal_used};
@@ -36,7 +38,7 @@ pub struct BlockWorker {
     pub(super) queue: Queue,
     pub(super) kick: EventFd,
     pub(super) interrupt: Arc<Interrupt>,
-    pub(super) disk: Arc<DiskImage>,
+    pub(super) backing: Arc<Backing>,
     pub(super) serial: [u8; ID_LEN],
     /// The guest's cache mode: true for writeback (flushes on request only).
     pub(super) writeback: Arc<AtomicBool>,
@@ -52,17 +54,22 @@ impl BlockWorker {
 
     /// Runs every available request; interrupts the guest if it asked.
     pub fn process_queue(&mut self) {
-        let (name, mem, stats) = (&self.name, &self.mem, &self.stats);
-        let settings = Settings {
-            disk: &self.disk,
-            serial: &self.serial,
-            write_through: !self.writeback.load(Ordering::Relaxed),
-        };
+        let (name, mem, stats, backing) = (&self.name, &self.mem, &self.stats, &self.backing);
+        let (serial, write_through) = (&self.serial, !self.writeback.load(Ordering::Relaxed));
+        // Dropped at the end of the batch: between batches the thread
+        // holds no image, and a swapped-out one is closed at once.
+        let mut image = backing.snapshot();
         let used_any = drain(&mut self.queue, mem, name, "request", |chain| {
             let head = chain.head_index();
             match Request::parse(mem, chain) {
                 Ok(request) => {
                     stats.requests.fetch_add(1, Ordering::Relaxed);
+                    backing.refresh(&mut image);
+                    let settings = Settings {
+                        disk: &image.disk,
+                        serial,
+                        write_through,
+                    };
                     request.execute(mem, &settings)
                 }
                 Err(e) => {
@@ -72,6 +79,7 @@ impl BlockWorker {
                 }
             }
         });
+        drop(image);
         if used_any {
             signal_used(&mut self.queue, mem, &self.interrupt, 0, name);
         }
