@@ -3,61 +3,20 @@
 //! multiple disks, --timeout, a clean shutdown on SIGTERM, the console
 //! log, and what the image holds after each way the VM can end.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{guest_file, Outcome};
-use crate::{check, Boot, FLAKE, WATCHDOG};
+use crate::common::Outcome;
+use crate::harness::{check, guest_test, Boot, Scratch, TestError, TestResult, WATCHDOG};
 
 // The guest's markers are computed (`$((6*7))`) so that the kernel
 // command line, echoed in the console, never holds them.
 
 /// Kernel parameters that boot from the first disk.
 const ROOT: &str = "root=/dev/vda rw";
-
-/// A scratch directory for images and logs, removed on drop.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    /// An empty directory named after `what`.
-    pub fn new(what: &str) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("ferry-{what}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
-        Ok(Self(dir))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// A fresh copy of the test guest's root disk.
-    fn root_disk(&self) -> Result<PathBuf, String> {
-        let path = self.path("root.img");
-        std::fs::copy(guest_file("rootfs.ext4")?, &path)
-            .map_err(|e| format!("cannot copy the root disk: {e}"))?;
-        Ok(path)
-    }
-
-    /// A raw image of `len` bytes of a pattern that depends on `seed`.
-    pub fn raw_disk(&self, name: &str, len: usize, seed: u8) -> Result<PathBuf, String> {
-        let path = self.path(name);
-        let bytes: Vec<u8> = (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect();
-        std::fs::write(&path, bytes).map_err(|e| format!("cannot write {path:?}: {e}"))?;
-        Ok(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// An e2fsprogs tool (in /sbin, which a user's PATH may lack).
 fn e2fs_tool(name: &str) -> Command {
@@ -126,19 +85,25 @@ fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> bool {
 }
 
 /// Checks an outcome-less run (spawned ferry) with its console log.
-fn check_log(cond: bool, what: &str, log: &Path) -> Result<(), String> {
+fn check_log(cond: bool, what: &str, log: &Path) -> TestResult {
     if cond {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(TestError::Failed(format!("{what}\n{}", log_tail(log))))
     }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    Err(format!(
-        "{what}\n--- console log (end) ---\n{}",
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    ))
 }
 
-fn fsck_clean(image: &Path, out: &Outcome) -> Result<(), String> {
+/// The end of the console log, for an account.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- console log (end) ---\n{}",
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    )
+}
+
+fn fsck_clean(image: &Path, out: &Outcome) -> TestResult {
     let (code, report) = fsck(image, false);
     check(
         code == 0,
@@ -147,7 +112,8 @@ fn fsck_clean(image: &Path, out: &Outcome) -> Result<(), String> {
     )
 }
 
-pub fn root_disk_data_survives_a_reboot() -> Result<(), String> {
+#[guest_test]
+fn root_disk_data_survives_a_reboot() -> TestResult {
     let scratch = Scratch::new("rootdisk")?;
     let image = scratch.root_disk()?;
     let disk = image.display().to_string();
@@ -191,7 +157,8 @@ pub fn root_disk_data_survives_a_reboot() -> Result<(), String> {
     fsck_clean(&image, &out)
 }
 
-pub fn read_only_disk_rejects_writes() -> Result<(), String> {
+#[guest_test]
+fn read_only_disk_rejects_writes() -> TestResult {
     let scratch = Scratch::new("rodisk")?;
     let image = scratch.raw_disk("ro.img", 4 << 20, 7)?;
     let before = std::fs::read(&image).map_err(|e| e.to_string())?;
@@ -228,7 +195,8 @@ pub fn read_only_disk_rejects_writes() -> Result<(), String> {
     )
 }
 
-pub fn two_disks_in_order_with_serials() -> Result<(), String> {
+#[guest_test]
+fn two_disks_in_order_with_serials() -> TestResult {
     let scratch = Scratch::new("twodisks")?;
     let first = scratch.raw_disk("a.img", 8 << 20, 1)?;
     let second = scratch.raw_disk("b.img", 4 << 20, 2)?;
@@ -251,7 +219,8 @@ pub fn two_disks_in_order_with_serials() -> Result<(), String> {
     )
 }
 
-pub fn timeout_stops_the_vm_and_synced_data_stays() -> Result<(), String> {
+#[guest_test]
+fn timeout_stops_the_vm_and_synced_data_stays() -> TestResult {
     const LIMIT: u64 = 45;
     let scratch = Scratch::new("timeout")?;
     let image = scratch.root_disk()?;
@@ -263,10 +232,10 @@ pub fn timeout_stops_the_vm_and_synced_data_stays() -> Result<(), String> {
     .args(&["--disk", &disk, "--timeout", &LIMIT.to_string()])
     .run()?;
     if !out.stdout.contains("synced-42") {
-        return Err(format!(
-            "{FLAKE}the guest did not reach its job within --timeout {LIMIT}\n{}",
+        return Err(TestError::Hazard(format!(
+            "the guest did not reach its job within --timeout {LIMIT}\n{}",
             out.describe()
-        ));
+        )));
     }
     check(
         out.status == Some(ferry::exit_status::TIMEOUT),
@@ -290,7 +259,7 @@ fn synced_data_stays(
     written: &str,
     scratch: &Scratch,
     out: &Outcome,
-) -> Result<(), String> {
+) -> TestResult {
     let (code, report) = fsck(image, true);
     check(
         code <= 1,
@@ -305,7 +274,8 @@ fn synced_data_stays(
     )
 }
 
-pub fn sigterm_shuts_the_guest_down_cleanly() -> Result<(), String> {
+#[guest_test]
+fn sigterm_shuts_the_guest_down_cleanly() -> TestResult {
     let scratch = Scratch::new("sigterm")?;
     let image = scratch.root_disk()?;
     let log = scratch.path("console.log");
@@ -324,7 +294,10 @@ pub fn sigterm_shuts_the_guest_down_cleanly() -> Result<(), String> {
     if !running {
         let _ = child.kill();
         let _ = child.wait();
-        return check_log(false, &format!("{FLAKE}the guest never ran its job"), &log);
+        return Err(TestError::Hazard(format!(
+            "the guest never ran its job\n{}",
+            log_tail(&log)
+        )));
     }
     let signalled = Instant::now();
     // SAFETY: our own child's pid, not yet reaped.
@@ -369,7 +342,8 @@ pub fn sigterm_shuts_the_guest_down_cleanly() -> Result<(), String> {
     )
 }
 
-pub fn sigkill_keeps_the_console_log_and_synced_data() -> Result<(), String> {
+#[guest_test]
+fn sigkill_keeps_the_console_log_and_synced_data() -> TestResult {
     let scratch = Scratch::new("sigkill")?;
     let image = scratch.root_disk()?;
     let log = scratch.path("console.log");
@@ -389,7 +363,10 @@ pub fn sigkill_keeps_the_console_log_and_synced_data() -> Result<(), String> {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     let _ = child.wait();
     if !synced {
-        return check_log(false, &format!("{FLAKE}the guest never synced"), &log);
+        return Err(TestError::Hazard(format!(
+            "the guest never synced\n{}",
+            log_tail(&log)
+        )));
     }
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     check_log(
@@ -408,7 +385,8 @@ pub fn sigkill_keeps_the_console_log_and_synced_data() -> Result<(), String> {
     synced_data_stays(&image, "/data/k", &written, &scratch, &out)
 }
 
-pub fn halted_guest_ends_the_vm() -> Result<(), String> {
+#[guest_test]
+fn halted_guest_ends_the_vm() -> TestResult {
     let out = Boot::new("halt -f; sleep 100000").run()?;
     check(
         out.stdout.contains("System halted"),

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, readme, repo_root, Outcome, FERRY};
-use crate::{check, FLAKE, WATCHDOG};
+use crate::harness::{check, guest_test, TestError, TestResult, WATCHDOG};
 
 /// The README's block NAME.
 fn block(name: &str) -> Result<String, String> {
@@ -35,19 +35,20 @@ fn bash(script: &str) -> Command {
     cmd
 }
 
-/// Runs the README's block NAME; a stalled or reset guest is a flake.
-fn run_block(name: &str) -> Result<Outcome, String> {
+/// Runs the README's block NAME; a stalled or reset guest is a hazard.
+fn run_block(name: &str) -> TestResult<Outcome> {
     let out = common::run(bash(&block(name)?), WATCHDOG);
     if out.timed_out || out.status == Some(ferry::exit_status::GUEST_RESET) {
-        return Err(format!(
-            "{FLAKE}the README's {name} example stalled or reset\n{}",
+        return Err(TestError::Hazard(format!(
+            "the README's {name} example stalled or reset\n{}",
             out.describe()
-        ));
+        )));
     }
     Ok(out)
 }
 
-pub fn readme_guest_command() -> Result<(), String> {
+#[guest_test]
+fn readme_guest_command() -> TestResult {
     let out = run_block("guest-command")?;
     check(
         out.status == Some(3),
@@ -61,7 +62,8 @@ pub fn readme_guest_command() -> Result<(), String> {
     )
 }
 
-pub fn readme_disk_from_directory() -> Result<(), String> {
+#[guest_test]
+fn readme_disk_from_directory() -> TestResult {
     let out = run_block("disk-from-directory")?;
     check(out.status == Some(0), "the job should succeed", &out)?;
     check(
@@ -76,7 +78,8 @@ pub fn readme_disk_from_directory() -> Result<(), String> {
     )
 }
 
-pub fn readme_root_disk() -> Result<(), String> {
+#[guest_test]
+fn readme_root_disk() -> TestResult {
     let out = run_block("root-disk")?;
     check(
         out.status == Some(3),
@@ -92,7 +95,8 @@ pub fn readme_root_disk() -> Result<(), String> {
     )
 }
 
-pub fn readme_publish() -> Result<(), String> {
+#[guest_test]
+fn readme_publish() -> TestResult {
     // `exec`, so that the child is ferry itself and Ctrl-C can be sent to it.
     let script = format!("exec {}", block("publish")?);
     let fetch = block("publish-fetch")?;
@@ -114,7 +118,7 @@ pub fn readme_publish() -> Result<(), String> {
         if let Ok(Some(status)) = ferry.try_wait() {
             let console = std::fs::read_to_string(&log).unwrap_or_default();
             let _ = std::fs::remove_file(&log);
-            return Err(format!("ferry ended early ({status}):\n{console}"));
+            return Err(format!("ferry ended early ({status}):\n{console}").into());
         }
         let out = common::run(bash(&fetch), Duration::from_secs(10));
         if out.status == Some(0) {
@@ -141,20 +145,18 @@ pub fn readme_publish() -> Result<(), String> {
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     let Some(fetched) = fetched else {
-        return Err(format!(
-            "{FLAKE}curl never reached the guest's web server\n--- ferry ---\n{console}"
-        ));
+        return Err(TestError::Hazard(format!(
+            "curl never reached the guest's web server\n--- ferry ---\n{console}"
+        )));
     };
     if fetched.stdout.trim() != "hello from the guest" {
-        return Err(format!(
-            "curl should fetch the guest's page\n{}",
-            fetched.describe()
-        ));
+        return Err(format!("curl should fetch the guest's page\n{}", fetched.describe()).into());
     }
     match status.and_then(|s| s.code()) {
         Some(130) if console.contains("init: powering off") => Ok(()),
         other => Err(format!(
             "after Ctrl-C the guest should power off and ferry exit 130, not {other:?}\n--- ferry ---\n{console}"
-        )),
+        )
+        .into()),
     }
 }

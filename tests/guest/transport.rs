@@ -4,8 +4,8 @@
 //! puts them on virtio-mmio for kernels without PCI. Either way the guest
 //! reads the disk and reaches passt's gateway.
 
-use crate::disk::Scratch;
-use crate::{check, Boot};
+use crate::common::Outcome;
+use crate::harness::{check, guest_test, Boot, Scratch, TestResult};
 
 /// What the guest reports: its interrupts, where its virtio devices sit,
 /// the disk's first 4 KiB, and a ping of passt's gateway.
@@ -15,7 +15,7 @@ const REPORT: &str = "grep virtio /proc/interrupts; ls -l /sys/bus/virtio/device
 
 /// Boots with a 1 MiB disk and the default card, ferry's `args` and the
 /// kernel's `kernel_args`; checks that disk and network work.
-fn boot_and_report(args: &[&str], kernel_args: &str) -> Result<crate::common::Outcome, String> {
+fn boot_and_report(args: &[&str], kernel_args: &str) -> TestResult<Outcome> {
     let scratch = Scratch::new("transport")?;
     let disk = scratch.raw_disk("d.img", 1 << 20, 3)?;
     let disk = format!("{},ro", disk.display());
@@ -49,7 +49,8 @@ fn msi_line(stdout: &str, name: &str) -> bool {
         .any(|l| l.contains("PCI-MSI") && l.trim_end().ends_with(name))
 }
 
-pub fn virtio_on_pci_with_msix() -> Result<(), String> {
+#[guest_test]
+fn virtio_on_pci_with_msix() -> TestResult {
     let out = boot_and_report(&[], "")?;
     // The disk comes first (virtio0), then the card (virtio1).
     for name in ["virtio0-req.0", "virtio1-input.0", "virtio1-output.0"] {
@@ -67,7 +68,8 @@ pub fn virtio_on_pci_with_msix() -> Result<(), String> {
     )
 }
 
-pub fn virtio_mmio_on_request() -> Result<(), String> {
+#[guest_test]
+fn virtio_mmio_on_request() -> TestResult {
     let out = boot_and_report(&["--virtio", "mmio"], "pci=off")?;
     check(
         !out.stdout.contains("PCI-MSI") && out.stdout.contains("LNRO0005"),

@@ -6,10 +6,11 @@
 //! no test's own watchdog can act. So its output is watched from here: the
 //! run inside prints a heartbeat, and silence well beyond it ends the run,
 //! as does kvm-host's own time limit or a VM that ends without the run's
-//! status. The test that was running then is charged with the stall, and
-//! the tests not yet finished run on in a fresh kvm-host, logged as a
-//! retry. A test running through two such stalls has failed, as a test
-//! whose guest stalls twice has.
+//! status. The test that was running then (it said it started, and had not
+//! said how it ended: see [`progress`]) is charged with the stall, and the
+//! tests not yet finished run on in a fresh kvm-host, logged as a retry. A
+//! test running through two such stalls has failed, as a test whose guest
+//! stalls twice has. A stall while no test was running is charged to none.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,17 +18,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use super::host::INSIDE_ENV;
+use super::progress::{self, Progress, HEARTBEAT};
+use super::registry;
 use crate::common::repo_root;
-use crate::tests;
 
 /// Overrides the kvm-host script's location.
 const KVM_HOST_ENV: &str = "FERRY_KVM_HOST";
 /// The kvm-host run's time limit: 2-3 times a whole run of the tests (7-8 min on a quiet machine).
 const KVM_HOST_LIMIT_SECS: u64 = 1200;
-/// What the run inside kvm-host prints every [`HEARTBEAT_EVERY`]; read here, not shown.
-pub const HEARTBEAT: &str = "guest tests: heartbeat";
-/// How often the run inside kvm-host prints [`HEARTBEAT`].
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// Silence beyond six heartbeats means kvm-host itself hung.
 const KVM_HOST_SILENCE_SECS: u64 = 90;
 /// kvm-host runs one invocation may start: the first, and one after each
@@ -48,9 +47,9 @@ fn script() -> PathBuf {
         })
 }
 
-/// Runs this binary's tests selected by `filter` inside kvm-host, with the
-/// environment variable `inside_env` set there; returns the exit status.
-pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
+/// Runs this binary's tests selected by `filter` inside kvm-host, because
+/// of `why`; returns the exit status.
+pub fn run_tests(why: &str, filter: &[String]) -> i32 {
     let script = script();
     if !script.exists() {
         eprintln!(
@@ -64,16 +63,15 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
         script.display()
     );
     let me = std::env::current_exe().expect("the test binary's path");
-    // In the order the run inside takes them: the first is the one running
-    // when kvm-host hangs.
-    let mut pending: Vec<&str> = tests::selected(filter).iter().map(|t| t.name).collect();
+    // The tests not yet finished.
+    let mut pending: Vec<&str> = registry::selected(filter).iter().map(|t| t.name).collect();
     let asked = pending.len();
     let mut failed: Vec<String> = Vec::new();
     let mut stalled_once: Vec<&str> = Vec::new();
     let mut args = filter.to_vec();
     for attempt in 1..=KVM_HOST_RUNS {
         let started = Instant::now();
-        let run = match run_once(&script, &me, &args, inside_env) {
+        let run = match run_once(&script, &me, &args) {
             Ok(run) => run,
             Err(e) => {
                 eprintln!("guest tests: cannot run {}: {e}", script.display());
@@ -81,13 +79,13 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
             }
         };
         // Only the tests asked for count (and each once).
-        for (name, passed) in run.finished {
-            if !pending.contains(&name.as_str()) {
+        for &(name, passed) in &run.finished {
+            if !pending.contains(&name) {
                 continue;
             }
             pending.retain(|p| *p != name);
             if !passed {
-                failed.push(name);
+                failed.push(name.to_string());
             }
         }
         let hung = if run.silent {
@@ -108,21 +106,28 @@ pub fn run_tests(why: &str, filter: &[String], inside_env: &str) -> i32 {
             }
             return if failed.is_empty() { run.code } else { 1 };
         };
-        let Some(&stalled) = pending.first() else {
+        if pending.is_empty() {
             eprintln!("guest tests: kvm-host {hung} after every test had finished");
             report_all(attempt, asked, pending.len(), &failed);
             return i32::from(!failed.is_empty());
-        };
-        if stalled_once.contains(&stalled) {
-            eprintln!("guest tests: kvm-host {hung} again during {stalled}: it fails");
-            failed.push(stalled.to_string());
-            pending.remove(0);
-        } else {
-            eprintln!(
-                "guest tests: RETRY: kvm-host {hung} after {:.0} s, during {stalled}",
+        }
+        match run.running.filter(|name| pending.contains(name)) {
+            None => eprintln!(
+                "guest tests: RETRY: kvm-host {hung} after {:.0} s, while no test was running",
                 started.elapsed().as_secs_f64()
-            );
-            stalled_once.push(stalled);
+            ),
+            Some(stalled) if stalled_once.contains(&stalled) => {
+                eprintln!("guest tests: kvm-host {hung} again during {stalled}: it fails");
+                failed.push(stalled.to_string());
+                pending.retain(|p| *p != stalled);
+            }
+            Some(stalled) => {
+                eprintln!(
+                    "guest tests: RETRY: kvm-host {hung} after {:.0} s, during {stalled}",
+                    started.elapsed().as_secs_f64()
+                );
+                stalled_once.push(stalled);
+            }
         }
         if pending.is_empty() {
             report_all(attempt, asked, pending.len(), &failed);
@@ -172,17 +177,19 @@ struct Run {
     /// It went silent too long and was stopped.
     silent: bool,
     /// The tests it finished, and whether each passed.
-    finished: Vec<(String, bool)>,
+    finished: Vec<(&'static str, bool)>,
+    /// The test it had started and not finished when it ended.
+    running: Option<&'static str>,
 }
 
 /// One kvm-host run, its output passed through and watched.
-fn run_once(script: &Path, me: &Path, args: &[String], inside_env: &str) -> std::io::Result<Run> {
+fn run_once(script: &Path, me: &Path, args: &[String]) -> std::io::Result<Run> {
     let mut child = Command::new(script)
         .current_dir(repo_root())
         .args(["-t", &KVM_HOST_LIMIT_SECS.to_string(), "--"])
         .arg(me)
         .args(args)
-        .env(inside_env, "1")
+        .env(INSIDE_ENV, "1")
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -199,10 +206,20 @@ fn run_once(script: &Path, me: &Path, args: &[String], inside_env: &str) -> std:
         }
     });
     let mut finished = Vec::new();
+    let mut running = None;
     let mut silent = false;
     loop {
         match lines.recv_timeout(Duration::from_secs(KVM_HOST_SILENCE_SECS)) {
-            Ok(line) => finished.extend(finished_test(&line)),
+            Ok(line) => match progress::parse(&line) {
+                Some(Progress::Started(name)) => running = Some(name),
+                Some(Progress::Finished { name, passed }) => {
+                    finished.push((name, passed));
+                    if running == Some(name) {
+                        running = None;
+                    }
+                }
+                None => {}
+            },
             Err(RecvTimeoutError::Timeout) => {
                 silent = true;
                 stop(&mut child);
@@ -217,14 +234,8 @@ fn run_once(script: &Path, me: &Path, args: &[String], inside_env: &str) -> std:
         code: status.code().unwrap_or(1),
         silent,
         finished,
+        running,
     })
-}
-
-/// The test a result line ("test NAME ... ok (12.3 s)") reports, and whether it passed.
-fn finished_test(line: &str) -> Option<(String, bool)> {
-    let (name, outcome) = line.strip_prefix("test ")?.split_once(" ... ")?;
-    tests::ALL.iter().find(|t| t.name == name)?;
-    Some((name.to_string(), outcome.starts_with("ok")))
 }
 
 /// Stops kvm-host and everything under it (its QEMU runs under `timeout`,

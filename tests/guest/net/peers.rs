@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Host-side peers for the network tests: TCP sink and source, UDP echo,
-//! and passt process lookups.
+//! passt process lookups, and the frames in the recording relay's record.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};

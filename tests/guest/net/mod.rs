@@ -1,199 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The guest tests, in the order they run.
+//! The network: DHCP, SLAAC and ping through passt, TCP and UDP both ways
+//! with the data checked, a driver rebind mid-transfer, checksum offload,
+//! a rootless ferry, and passt's end (killed, or outliving ferry: never).
+
+mod peers;
 
 use std::time::Duration;
 
-use crate::disk::{
-    halted_guest_ends_the_vm, read_only_disk_rejects_writes, root_disk_data_survives_a_reboot,
-    sigkill_keeps_the_console_log_and_synced_data, sigterm_shuts_the_guest_down_cleanly,
-    timeout_stops_the_vm_and_synced_data_stays, two_disks_in_order_with_serials,
-};
-use crate::readme::{
-    readme_disk_from_directory, readme_guest_command, readme_publish, readme_root_disk,
-};
-use crate::transport::{virtio_mmio_on_request, virtio_on_pci_with_msix};
-use crate::{check, net, Boot, Test, GUEST_RESET, WATCHDOG};
-
-use ferry::exit_status::GUEST_PANIC;
-
-/// Every guest test, in order, each named after its function.
-macro_rules! tests {
-    ($($test:ident),* $(,)?) => {
-        &[$(Test { name: stringify!($test), run: $test }),*]
-    };
-}
-
-/// Every guest test.
-pub const ALL: &[Test] = tests![
-    boots_to_userspace,
-    guest_exit_status_reaches_ferry,
-    two_vcpus_are_online,
-    guest_poweroff_ends_the_vm,
-    guest_reboot_ends_the_vm,
-    kernel_panic_ends_the_vm,
-    console_to_file_holds_the_kernel_log,
-    network_dhcp_slaac_and_ping,
-    tcp_guest_to_host,
-    tcp_host_to_guest,
-    network_survives_a_driver_rebind,
-    udp_both_ways,
-    guest_checksums_are_completed,
-    rootless_network,
-    passt_killed_mid_transfer,
-    sigkill_leaves_no_passt,
-    root_disk_data_survives_a_reboot,
-    read_only_disk_rejects_writes,
-    two_disks_in_order_with_serials,
-    timeout_stops_the_vm_and_synced_data_stays,
-    sigterm_shuts_the_guest_down_cleanly,
-    sigkill_keeps_the_console_log_and_synced_data,
-    halted_guest_ends_the_vm,
-    virtio_on_pci_with_msix,
-    virtio_mmio_on_request,
-    readme_guest_command,
-    readme_disk_from_directory,
-    readme_root_disk,
-    readme_publish,
-];
-
-/// The tests `filter` selects, in order: all if it is empty; else, for each
-/// word, the test of that exact name if there is one, or every test whose
-/// name contains it.
-pub fn selected(filter: &[String]) -> Vec<&'static Test> {
-    let selects = |word: &str, name: &str| {
-        if ALL.iter().any(|t| t.name == word) {
-            name == word
-        } else {
-            name.contains(word)
-        }
-    };
-    ALL.iter()
-        .filter(|t| filter.is_empty() || filter.iter().any(|f| selects(f, t.name)))
-        .collect()
-}
-
-fn boots_to_userspace() -> Result<(), String> {
-    let out = Boot::new("true").run()?;
-    check(
-        out.status == Some(0),
-        "the guest's status 0 should be ferry's",
-        &out,
-    )?;
-    check(
-        out.stdout.contains("Linux version"),
-        "the kernel log should be on the console",
-        &out,
-    )?;
-    check(
-        out.stdout.contains("init: userspace started"),
-        "init should have run",
-        &out,
-    )?;
-    check(
-        out.stderr.contains("guest userspace started")
-            && out.stderr.contains("ms after ferry started"),
-        "ferry should log the boot-time marker",
-        &out,
-    )
-}
-
-fn guest_exit_status_reaches_ferry() -> Result<(), String> {
-    let out = Boot::new("exit 7").run()?;
-    check(
-        out.status == Some(7),
-        "ferry should exit with the guest's status 7",
-        &out,
-    )?;
-    check(
-        out.stderr.contains("exited with status 7"),
-        "ferry should say so",
-        &out,
-    )
-}
-
-fn two_vcpus_are_online() -> Result<(), String> {
-    let out = Boot::new("echo nproc=$(nproc); test $(nproc) = 2")
-        .args(&["--cpus", "2"])
-        .run()?;
-    check(
-        out.stdout.contains("nproc=2"),
-        "the guest should see 2 CPUs",
-        &out,
-    )?;
-    check(out.status == Some(0), "the guest's check should pass", &out)
-}
-
-fn guest_poweroff_ends_the_vm() -> Result<(), String> {
-    // poweroff -f does not return: only ACPI S5 ends the VM (else the watchdog fires).
-    let out = Boot::new("poweroff -f; exit 9").run()?;
-    check(
-        out.status == Some(0),
-        "a guest poweroff should end ferry with 0",
-        &out,
-    )?;
-    check(
-        out.stderr.contains("powered off"),
-        "ferry should say the guest powered off",
-        &out,
-    )
-}
-
-fn guest_reboot_ends_the_vm() -> Result<(), String> {
-    let out = Boot::new("reboot -f; exit 9").expect_reset().run()?;
-    check(
-        out.status == Some(GUEST_RESET),
-        "a guest reboot should end ferry with 80",
-        &out,
-    )?;
-    check(
-        out.stderr.contains("reset or rebooted"),
-        "ferry should say the guest rebooted",
-        &out,
-    )
-}
-
-fn kernel_panic_ends_the_vm() -> Result<(), String> {
-    let out = Boot::new("echo c > /proc/sysrq-trigger; exit 9").run()?;
-    check(
-        out.stdout.contains("Kernel panic"),
-        "the guest kernel should have panicked",
-        &out,
-    )?;
-    check(
-        out.status == Some(GUEST_PANIC),
-        "a guest panic should end ferry with 81",
-        &out,
-    )
-}
-
-fn console_to_file_holds_the_kernel_log() -> Result<(), String> {
-    let path = std::env::temp_dir().join(format!("ferry-console-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let spec = format!("file:{}", path.display());
-    let out = Boot::new("echo console-check")
-        .args(&["--console", &spec])
-        .run()?;
-    let log = std::fs::read_to_string(&path).unwrap_or_default();
-    let _ = std::fs::remove_file(&path);
-    check(out.status == Some(0), "the guest should exit 0", &out)?;
-    check(
-        log.contains("Linux version") && log.contains("console-check"),
-        &format!(
-            "the console file should hold the kernel log and the guest's output; it has {} bytes",
-            log.len()
-        ),
-        &out,
-    )?;
-    check(
-        !out.stdout.contains("Linux version"),
-        "nothing should reach stdout",
-        &out,
-    )
-}
+use crate::common::{repo_root, Outcome};
+use crate::harness::{check, guest_test, Boot, TestResult, WATCHDOG};
 
 /// Asserts that no passt outlived ferry.
-fn no_passt_left(out: &crate::common::Outcome) -> Result<(), String> {
-    let left = net::wait_no_passt(Duration::from_secs(3));
+fn no_passt_left(out: &Outcome) -> TestResult {
+    let left = peers::wait_no_passt(Duration::from_secs(3));
     check(
         left.is_empty(),
         &format!("passt processes left after ferry exited: {left:?}"),
@@ -210,7 +29,8 @@ fn passt_assigns(stderr: &str, v6: bool) -> Option<String> {
         .find(|a| a.contains(':') == v6)
 }
 
-fn network_dhcp_slaac_and_ping() -> Result<(), String> {
+#[guest_test]
+fn network_dhcp_slaac_and_ping() -> TestResult {
     let cmd = "ip -4 -o addr show eth0; ip route; \
         i=0; while ! ip -6 addr show eth0 scope global | grep -q inet6; do i=$((i+1)); [ $i -gt 60 ] && break; sleep 0.25; done; \
         ip -6 -o addr show eth0 scope global; \
@@ -266,13 +86,14 @@ fn guest_sha(stdout: &str) -> Option<String> {
     })
 }
 
-fn tcp_guest_to_host() -> Result<(), String> {
-    let (port, sink) = net::tcp_sink(WATCHDOG, Some(TRANSFER as u64), |_| {});
+#[guest_test]
+fn tcp_guest_to_host() -> TestResult {
+    let (port, sink) = peers::tcp_sink(WATCHDOG, Some(TRANSFER as u64), |_| {});
     // The guest holds the connection until the host closes it: only then has every byte arrived.
     let cmd = format!(
         "head -c {TRANSFER} /dev/urandom > /tmp/blob && sha256sum /tmp/blob && \
          nc {} {port} -e sh -c 'cat /tmp/blob; cat > /dev/null'",
-        net::GATEWAY
+        peers::GATEWAY
     );
     let out = Boot::new(&cmd).args(&["--memory", "512"]).run()?;
     let got = sink.join().map_err(|_| "the sink panicked")??;
@@ -294,11 +115,12 @@ fn tcp_guest_to_host() -> Result<(), String> {
     no_passt_left(&out)
 }
 
-fn tcp_host_to_guest() -> Result<(), String> {
-    let data = net::pattern(TRANSFER);
-    let expected = net::sha256(&data);
+#[guest_test]
+fn tcp_host_to_guest() -> TestResult {
+    let data = peers::pattern(TRANSFER);
+    let expected = peers::sha256(&data);
     let port = free_tcp_port();
-    let source = net::tcp_source(port, data, WATCHDOG);
+    let source = peers::tcp_source(port, data, WATCHDOG);
     let cmd = "nc -l -p 5000 -e sh -c 'cat > /tmp/blob'; echo rx-bytes=$(wc -c < /tmp/blob); sha256sum /tmp/blob";
     let publish = format!("127.0.0.1:{port}:5000");
     let out = Boot::new(cmd)
@@ -339,11 +161,12 @@ const REBIND_PAUSE: Duration = Duration::from_millis(50);
 /// from there (the unit tests cover a read that ended inside a frame), so
 /// the link stays up and the transfer completes intact once the guest has
 /// its address again.
-fn network_survives_a_driver_rebind() -> Result<(), String> {
-    let data = net::pattern(REBIND_TRANSFER);
-    let expected = net::sha256(&data);
+#[guest_test]
+fn network_survives_a_driver_rebind() -> TestResult {
+    let data = peers::pattern(REBIND_TRANSFER);
+    let expected = peers::sha256(&data);
     let port = free_tcp_port();
-    let source = net::tcp_source_paced(port, data, REBIND_PIECE, REBIND_PAUSE, WATCHDOG);
+    let source = peers::tcp_source_paced(port, data, REBIND_PIECE, REBIND_PAUSE, WATCHDOG);
     let cmd = "nc -l -p 5000 -e sh -c 'cat > /tmp/blob' & receiver=$!; \
          for i in $(seq 600); do [ -s /tmp/blob ] && break; sleep 0.02; done; \
          card=$(basename $(readlink /sys/class/net/eth0/device)); \
@@ -409,14 +232,15 @@ fn free_udp_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn udp_both_ways() -> Result<(), String> {
+#[guest_test]
+fn udp_both_ways() -> TestResult {
     const COUNT: u32 = 20;
-    let (echo_port, echo) = net::udp_echo(COUNT as usize, WATCHDOG);
+    let (echo_port, echo) = peers::udp_echo(COUNT as usize, WATCHDOG);
     let fwd = free_udp_port();
-    let ping = net::udp_ping(fwd, COUNT, WATCHDOG);
+    let ping = peers::udp_ping(fwd, COUNT, WATCHDOG);
     let cmd = format!(
         "ft udp-echo 5001 {COUNT} & ft udp-ping {} {echo_port} {COUNT}; r=$?; wait $!; exit $((r + $?))",
-        net::GATEWAY
+        peers::GATEWAY
     );
     let publish = format!("127.0.0.1:{fwd}:5001/udp");
     let out = Boot::new(&cmd).args(&["--publish", &publish]).run()?;
@@ -446,25 +270,33 @@ fn udp_both_ways() -> Result<(), String> {
     no_passt_left(&out)
 }
 
+/// A passt that records what ferry sends it: it starts the real passt and
+/// relays the stream both ways, writing ferry's side to the file named by
+/// [`RECORDING_RELAY_FILE`] (see the script).
+const RECORDING_RELAY: &str = "tests/guest/net/passt-recording-relay.py";
+/// The environment variable that names [`RECORDING_RELAY`]'s record.
+const RECORDING_RELAY_FILE: &str = "PASST_RECORDING_RELAY_FILE";
+
 /// The guest leaves TCP and UDP checksums to the card (VIRTIO_NET_F_CSUM):
-/// every frame ferry hands passt (recorded by a relay in front of the
-/// real passt) carries a valid one.
-fn guest_checksums_are_completed() -> Result<(), String> {
+/// every frame ferry hands passt (recorded by [`RECORDING_RELAY`], which
+/// ferry runs as its passt) carries a valid one.
+#[guest_test]
+fn guest_checksums_are_completed() -> TestResult {
     const COUNT: u32 = 5;
-    let (tcp_port, sink) = net::tcp_sink(WATCHDOG, Some(1 << 20), |_| {});
-    let (udp_port, echo) = net::udp_echo(COUNT as usize, WATCHDOG);
+    let (tcp_port, sink) = peers::tcp_sink(WATCHDOG, Some(1 << 20), |_| {});
+    let (udp_port, echo) = peers::udp_echo(COUNT as usize, WATCHDOG);
     let record = std::env::temp_dir().join(format!("ferry-relay-{}.frames", std::process::id()));
-    let relay = std::env::current_exe().map_err(|e| e.to_string())?;
+    let relay = repo_root().join(RECORDING_RELAY);
     let cmd = format!(
         "for d in /sys/bus/virtio/devices/*; do echo features $(cat $d/device) $(cat $d/features); done; \
          head -c 1048576 /dev/urandom | nc {gw} {tcp_port}; ft udp-ping {gw} {udp_port} {COUNT}",
-        gw = net::GATEWAY
+        gw = peers::GATEWAY
     );
     let out = Boot::new(&cmd)
         .args(&["--passt", &relay.to_string_lossy()])
-        .env(crate::relay::RECORD_ENV, &record.to_string_lossy())
+        .env(RECORDING_RELAY_FILE, &record.to_string_lossy())
         .run();
-    let frames = net::recorded_l4_frames(&record);
+    let frames = peers::recorded_l4_frames(&record);
     let _ = std::fs::remove_file(&record);
     let out = out?;
     let got = sink.join().map_err(|_| "the sink panicked")?;
@@ -511,12 +343,13 @@ fn guest_checksums_are_completed() -> Result<(), String> {
     no_passt_left(&out)
 }
 
-fn rootless_network() -> Result<(), String> {
-    let (port, sink) = net::tcp_sink(WATCHDOG, Some(1 << 20), |_| {});
+#[guest_test]
+fn rootless_network() -> TestResult {
+    let (port, sink) = peers::tcp_sink(WATCHDOG, Some(1 << 20), |_| {});
     let cmd = format!(
         "head -c 1048576 /dev/urandom > /tmp/blob && sha256sum /tmp/blob && \
          nc {} {port} -e sh -c 'cat /tmp/blob; cat > /dev/null'",
-        net::GATEWAY
+        peers::GATEWAY
     );
     let out = Boot::new(&cmd).as_nobody().run()?;
     let got = sink.join().map_err(|_| "the sink panicked")??;
@@ -541,11 +374,12 @@ fn rootless_network() -> Result<(), String> {
     no_passt_left(&out)
 }
 
-fn passt_killed_mid_transfer() -> Result<(), String> {
+#[guest_test]
+fn passt_killed_mid_transfer() -> TestResult {
     let mut killed = false;
-    let (port, sink) = net::tcp_sink(WATCHDOG, None, move |bytes| {
+    let (port, sink) = peers::tcp_sink(WATCHDOG, None, move |bytes| {
         if !killed && bytes > 1 << 20 {
-            let pids = net::passt_pids();
+            let pids = peers::passt_pids();
             eprintln!("    killing passt {pids:?} after {bytes} bytes");
             for pid in pids {
                 // SAFETY: kill with a pid read from /proc; the worst case is a no-op.
@@ -558,7 +392,7 @@ fn passt_killed_mid_transfer() -> Result<(), String> {
         "nc {} {port} -e cat /dev/zero & \
          for i in $(seq 240); do [ $(cat /sys/class/net/eth0/carrier) = 0 ] && break; sleep 0.25; done; \
          echo carrier=$(cat /sys/class/net/eth0/carrier); kill $!",
-        net::GATEWAY
+        peers::GATEWAY
     );
     let out = Boot::new(&cmd).run()?;
     let got = sink.join().map_err(|_| "the sink panicked")??;
@@ -585,26 +419,27 @@ fn passt_killed_mid_transfer() -> Result<(), String> {
     no_passt_left(&out)
 }
 
-fn sigkill_leaves_no_passt() -> Result<(), String> {
+#[guest_test]
+fn sigkill_leaves_no_passt() -> TestResult {
     let mut child = Boot::new("sleep 600").spawn()?;
     let pid = child.id() as i32;
     // Wait for ferry's passt, then a little for the guest to be under way.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while net::passt_pids().is_empty() && std::time::Instant::now() < deadline {
+    while peers::passt_pids().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let had_passt = !net::passt_pids().is_empty();
+    let had_passt = !peers::passt_pids().is_empty();
     std::thread::sleep(Duration::from_secs(3));
     // SAFETY: our own child's pid.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let _ = child.wait();
-    let left = net::wait_no_passt(Duration::from_secs(5));
+    let left = peers::wait_no_passt(Duration::from_secs(5));
     if !had_passt {
         return Err("ferry never started passt".into());
     }
     if left.is_empty() {
         Ok(())
     } else {
-        Err(format!("passt outlived a SIGKILLed ferry: {left:?}"))
+        Err(format!("passt outlived a SIGKILLed ferry: {left:?}").into())
     }
 }
