@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest_file, readme, run, Outcome, FERRY};
+use common::{api_call as api, guest_file, readme, run, wait_for, Outcome, FERRY};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 use ferry::exit_status::{BAD_CONFIG, KVM_UNAVAILABLE};
@@ -194,10 +194,14 @@ fn every_readme_example_is_tested_or_says_why_not() {
         );
     }
     // Each tested block's name is run by a test in this tree.
-    let tests = ["tests/guest/readme.rs", "tests/readme.rs"]
-        .iter()
-        .map(|p| std::fs::read_to_string(common::repo_root().join(p)).unwrap())
-        .collect::<String>();
+    let tests = [
+        "tests/guest/readme.rs",
+        "tests/guest/api.rs",
+        "tests/readme.rs",
+    ]
+    .iter()
+    .map(|p| std::fs::read_to_string(common::repo_root().join(p)).unwrap())
+    .collect::<String>();
     for (marker, _) in &blocks {
         if let Some(name) = marker
             .and_then(|m| m.strip_prefix("<!-- test: "))
@@ -508,4 +512,124 @@ fn a_disk_in_use_is_refused_unless_both_share_it_read_only() {
         out.describe()
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_api_answers_before_boot_and_sigterm_ends_ferry_and_its_socket() {
+    let dir = scratch("api");
+    let sock = dir.join("api.sock");
+    let mut child = Command::new(FERRY)
+        .arg("--api-sock")
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&sock, TIMEOUT).unwrap();
+    let (status, body) = api(&sock, "GET", "/", None);
+    assert_eq!(status, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(info["id"], "anonymous-instance");
+    // What ferry cannot honour is refused, never ignored.
+    let (status, body) = api(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": true}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("smt"), "{body}");
+    let (status, body) = api(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 0, "mem_size_mib": 256}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("vcpu_count 0"), "{body}");
+    let (status, body) = api(
+        &sock,
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path": "/nonexistent/vmlinuz"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("/nonexistent/vmlinuz"), "{body}");
+    let (status, body) = api(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no kernel to boot"), "{body}");
+    let (status, _) = api(&sock, "GET", "/nowhere", None);
+    assert_eq!(status, 404);
+    let (status, _) = api(&sock, "DELETE", "/", None);
+    assert_eq!(status, 405);
+    // Still not started, and still serving.
+    let (_, body) = api(&sock, "GET", "/machine-config", None);
+    assert!(body.contains(r#""vcpu_count":1"#), "{body}");
+    // SAFETY: our own child's pid, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(!sock.exists(), "the API socket should be removed at exit");
+}
+
+#[test]
+fn an_api_socket_path_in_use_is_refused_and_left_alone() {
+    let dir = scratch("api-in-use");
+    let sock = dir.join("api.sock");
+    std::fs::write(&sock, "not a socket").unwrap();
+    let out = ferry(&["--api-sock", sock.to_str().unwrap()]);
+    assert_error(&out, BAD_CONFIG, "already in use");
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "not a socket");
+}
+
+#[test]
+fn bad_configuration_files_are_refused_with_the_reason() {
+    let dir = scratch("config-file");
+    let file = dir.join("vm.json");
+    let path = file.to_str().unwrap();
+    let k = kernel();
+    for (text, needle) in [
+        ("{", "invalid VM configuration"),
+        (
+            r#"{"boot-source": {"kernel": "/k"}}"#,
+            "unknown field `kernel`",
+        ),
+        (
+            r#"{"balloon": {"amount_mib": 1}}"#,
+            "not supported by ferry: balloon",
+        ),
+        (
+            r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 256, "cpu_template": "T2"}}"#,
+            "cpu_template",
+        ),
+        ("{}", "no kernel to boot"),
+        (
+            &format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "vsock": {{"guest_cid": 3, "uds_path": "/tmp/v.sock"}}}}"#
+            ),
+            "vsock",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        assert_error(&ferry(&["--config-file", path]), BAD_CONFIG, needle);
+    }
+    assert_error(
+        &ferry(&["--config-file", "/nonexistent/vm.json"]),
+        BAD_CONFIG,
+        "cannot read the configuration file",
+    );
+    let out = ferry(&["--config-file", path, "--kernel", &k]);
+    assert_eq!(out.status, Some(BAD_CONFIG), "{}", out.describe());
+    assert!(
+        out.stderr.contains("cannot be used with"),
+        "{}",
+        out.describe()
+    );
 }

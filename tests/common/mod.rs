@@ -117,6 +117,37 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Outcome {
     }
 }
 
+/// `curl` on the API socket `sock`: the HTTP status (0 if curl could not
+/// connect) and the body.
+pub fn api_call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(sock)
+        .args(["-X", method, &format!("http://localhost{path}")]);
+    if let Some(body) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", body]);
+    }
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run curl (apt-get install curl): {e}"),
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Waits up to `timeout` for `path` to exist.
+pub fn wait_for(path: &Path, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() > deadline {
+            return Err(format!("{} never appeared", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// The README's code blocks: each example a test runs follows a line
 /// `<!-- test: NAME -->`; any other block follows `<!-- untested: WHY -->`.
 pub mod readme {

@@ -18,7 +18,12 @@ use crate::resources::{DEFAULT_CPUS, DEFAULT_MAC, DEFAULT_MEMORY_MIB};
 #[command(name = "ferry", version, about, after_help = crate::exit_status::help())]
 pub struct Cli {
     /// Guest kernel: a bzImage or an ELF vmlinux.
-    #[arg(long, value_name = "PATH", required_unless_present = "print_cmdline")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present_any = ["print_cmdline", "api_sock", "config_file"],
+        conflicts_with = "config_file"
+    )]
     pub kernel: Option<PathBuf>,
 
     /// Initramfs to load next to the kernel.
@@ -93,6 +98,27 @@ pub struct Cli {
     /// The passt binary to run.
     #[arg(long, value_name = "PATH", default_value = "passt")]
     pub passt: std::path::PathBuf,
+
+    /// Serve Firecracker's HTTP API on a UNIX socket at PATH (refused if
+    /// PATH exists; removed at exit). Without --kernel or --config-file the
+    /// VM waits for the API's InstanceStart.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Boot the machine a Firecracker JSON configuration file describes
+    /// (boot-source, machine-config, drives, network-interfaces, logger,
+    /// metrics) instead of the machine options here.
+    #[arg(long, value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+
+    /// The instance's id, as the API's `GET /` reports it.
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    pub id: String,
+
+    /// Accepted for Firecracker's command line: ferry installs no seccomp
+    /// filter yet, so there is none to turn off.
+    #[arg(long)]
+    pub no_seccomp: bool,
 
     /// Run even though /dev/kvm is PVM (only for guest kernels built for PVM).
     #[arg(long)]

@@ -251,6 +251,7 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<DriveSpec, Error> {
         path: PathBuf::from(path),
         read_only: false,
         root: false,
+        partuuid: None,
         serial: String::new(),
     };
     for field in fields {
@@ -266,6 +267,8 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<DriveSpec, Error> {
 /// A disk, open and locked.
 #[derive(Debug)]
 pub struct Disk {
+    /// The name it is known by (the API's `drive_id`).
+    pub id: String,
     /// The image.
     pub image: ferry_devices::virtio::block::DiskImage,
     /// The serial number the guest reads.
@@ -398,6 +401,25 @@ pub struct VmConfig {
     pub transport: Transport,
 }
 
+/// `cmdline` with the root device's parameters added before the guest's
+/// command (`--`), unless it names a root already.
+fn with_root(cmdline: String, root: Option<String>) -> String {
+    let Some(root) = root else {
+        return cmdline;
+    };
+    let (kernel, guest) = match cmdline.split_once(" -- ") {
+        Some((kernel, guest)) => (kernel, Some(guest)),
+        None => (cmdline.as_str(), None),
+    };
+    if kernel.split_whitespace().any(|w| w.starts_with("root=")) {
+        return cmdline;
+    }
+    match guest {
+        Some(guest) => format!("{kernel} {root} -- {guest}"),
+        None => format!("{kernel} {root}"),
+    }
+}
+
 /// Opens `path` as a regular file.
 fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {
     let file = File::open(path).map_err(|source| Error::Open {
@@ -416,7 +438,7 @@ fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {
 }
 
 /// This host's RAM in MiB, from /proc/meminfo (no bound if unreadable).
-fn host_memory_mib() -> u64 {
+pub fn host_memory_mib() -> u64 {
     let read = || -> Option<u64> {
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
         let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
@@ -484,6 +506,7 @@ impl VmConfig {
             }
             let image = ferry_devices::virtio::block::DiskImage::open(&spec.path, spec.read_only)?;
             disks.push(Disk {
+                id: spec.id.clone(),
                 image,
                 serial: spec.serial.clone(),
             });
@@ -501,7 +524,7 @@ impl VmConfig {
         Ok(VmConfig {
             kernel,
             initrd,
-            cmdline: cmdline_for(&boot.cmdline, transport),
+            cmdline: with_root(cmdline_for(&boot.cmdline, transport), resources.root_args()),
             cpus: machine.cpus,
             mem_size: machine.memory_mib << 20,
             console: launch.console.clone(),
@@ -601,6 +624,7 @@ mod tests {
                 path: "/img".into(),
                 read_only: false,
                 root: false,
+                partuuid: None,
                 serial: String::new()
             }
         );
@@ -636,6 +660,23 @@ mod tests {
         );
         assert!(Console::parse("file:").is_err());
         assert!(Console::parse("tty").is_err());
+    }
+
+    #[test]
+    fn the_root_device_joins_the_kernel_command_line() {
+        assert_eq!(with_root("a b".into(), None), "a b");
+        assert_eq!(
+            with_root("a b".into(), Some("root=/dev/vda rw".into())),
+            "a b root=/dev/vda rw"
+        );
+        assert_eq!(
+            with_root("a -- echo x".into(), Some("root=/dev/vda ro".into())),
+            "a root=/dev/vda ro -- echo x"
+        );
+        assert_eq!(
+            with_root("root=/dev/vdb rw".into(), Some("root=/dev/vda rw".into())),
+            "root=/dev/vdb rw"
+        );
     }
 
     #[test]

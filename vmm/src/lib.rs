@@ -7,6 +7,7 @@
 //! main loop until the VM ends; [`exit_status`] turns how it ended into
 //! ferry's exit status. The integration tests use the same definitions.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 mod console;

@@ -4,11 +4,15 @@
 use std::time::Instant;
 
 use clap::Parser;
-use ferry::{cli, config, exit_status, logger, vmm};
-use ferry_devices::vm_end::ExitReason;
+use std::sync::{mpsc, Arc};
 
-/// Prints `err` and its causes on one line.
-fn report(err: &dyn std::error::Error) {
+use ferry::resources::VmResources;
+use ferry::{api, cli, config, exit_status, logger, vmm};
+use ferry_devices::vm_end::ExitReason;
+use vmm_sys_util::eventfd::EventFd;
+
+/// `err` and its causes on one line.
+fn chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -16,16 +20,67 @@ fn report(err: &dyn std::error::Error) {
         line.push_str(&cause.to_string());
         source = cause.source();
     }
-    log::error!("{line}");
+    line
 }
 
-/// Boots the machine the command line describes and runs it to its end.
-fn boot(cli: &cli::Cli, start: Instant) -> Result<ExitReason, vmm::Error> {
+/// Why ferry stopped before the VM could end: the message and the exit status.
+struct Failure(String, i32);
+
+impl From<vmm::Error> for Failure {
+    fn from(e: vmm::Error) -> Self {
+        Failure(chain(&e), e.exit_status())
+    }
+}
+
+impl From<config::Error> for Failure {
+    fn from(e: config::Error) -> Self {
+        vmm::Error::from(e).into()
+    }
+}
+
+/// Boots the machine the command line (or its configuration file)
+/// describes, serves the API if asked, and runs the VM to its end.
+fn boot(cli: &cli::Cli, start: Instant) -> Result<ExitReason, Failure> {
     let launch = config::Launch::from_cli(cli)?;
-    let resources = config::resources_from_cli(cli)?;
+    let resources = match cli.kernel {
+        Some(_) => config::resources_from_cli(cli)?,
+        None => VmResources::default(),
+    };
+    // Before any thread starts: the stop signals are blocked in all of them.
     let mut vmm = vmm::Vmm::new(start, launch, resources)?;
-    vmm.start_vm()?;
-    vmm.run()
+    if cli.api_sock.is_none() && cli.config_file.is_none() {
+        vmm.start_vm()?;
+        return Ok(vmm.run()?);
+    }
+    let (requests_tx, requests) = mpsc::channel();
+    let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(|e| {
+        Failure(
+            format!("cannot create the API's event: {e}"),
+            exit_status::VMM_FAILURE,
+        )
+    })?);
+    let server = match &cli.api_sock {
+        Some(path) => {
+            let socket = ferry_api::ApiSocket::bind(path)
+                .map_err(|e| Failure(chain(&e), exit_status::BAD_CONFIG))?;
+            Some(
+                ferry_api::spawn(socket, requests_tx, wake.clone())
+                    .map_err(|e| Failure(chain(&e), exit_status::VMM_FAILURE))?,
+            )
+        }
+        None => None,
+    };
+    let mut api = api::Api::new(cli.id.clone(), start);
+    if let Some(path) = &cli.config_file {
+        api::apply_config_file(&mut api, &mut vmm, path)
+            .map_err(|e| Failure(e, exit_status::BAD_CONFIG))?;
+    } else if cli.kernel.is_some() {
+        vmm.start_vm()?;
+    }
+    let reason = api.serve(vmm, requests, wake);
+    // Stops serving and removes the socket file.
+    drop(server);
+    Ok(reason?)
 }
 
 fn main() {
@@ -47,9 +102,9 @@ fn main() {
     }
     let code = match boot(&cli, start) {
         Ok(reason) => exit_status::for_reason(&reason),
-        Err(e) => {
-            report(&e);
-            e.exit_status()
+        Err(Failure(message, status)) => {
+            log::error!("{message}");
+            status
         }
     };
     std::process::exit(code);

@@ -78,8 +78,11 @@ pub struct DriveSpec {
     pub path: PathBuf,
     /// Whether the guest may only read.
     pub read_only: bool,
-    /// Whether it is the root device (it then comes first: `vda`).
+    /// Whether it is the root device (it then comes first: `vda`, and the
+    /// kernel command line gets `root=`).
     pub root: bool,
+    /// The root partition's unique id, for `root=PARTUUID=` (a root device only).
+    pub partuuid: Option<String>,
     /// The serial number the guest reads (`/sys/block/vdX/serial`), at most 20 bytes.
     pub serial: String,
 }
@@ -117,6 +120,18 @@ impl VmResources {
         root.into_iter().chain(others).collect()
     }
 
+    /// The kernel parameters that boot from the root device, if there is
+    /// one: `root=/dev/vda` (or `root=PARTUUID=…`) and `ro` or `rw`.
+    pub fn root_args(&self) -> Option<String> {
+        let root = self.drives.iter().find(|d| d.root)?;
+        let device = match &root.partuuid {
+            Some(uuid) => format!("PARTUUID={uuid}"),
+            None => "/dev/vda".to_string(),
+        };
+        let mode = if root.read_only { "ro" } else { "rw" };
+        Some(format!("root={device} {mode}"))
+    }
+
     /// Adds a disk, or replaces the one with the same id in place.
     pub fn set_drive(&mut self, drive: DriveSpec) {
         if drive.root {
@@ -142,6 +157,7 @@ mod tests {
             path: format!("/{id}.img").into(),
             read_only: false,
             root,
+            partuuid: None,
             serial: String::new(),
         }
     }

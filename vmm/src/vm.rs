@@ -4,6 +4,7 @@
 
 use std::io::stdin;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use ferry_devices::control::{AcpiSleep, BootMarker, ExitStatus, PvPanic};
 use ferry_devices::irq::IrqLine;
 use ferry_devices::legacy::{i8042, serial, Serial, I8042};
 use ferry_devices::pci::{self, msix::MsiSink, PciRoot};
-use ferry_devices::virtio::block::{Block, BlockStats};
+use ferry_devices::virtio::block::{BackingHandle, Block, BlockStats, SwapError};
 use ferry_devices::virtio::mmio::{self, MmioTransport};
 use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig, NetStats};
 use ferry_devices::virtio::pci::{self as virtio_pci, VirtioPci};
@@ -94,6 +95,12 @@ pub enum Error {
     /// No PCI slot is left for another device.
     #[error(transparent)]
     Pci(#[from] pci::Error),
+    /// No disk has this id.
+    #[error("no drive {0}")]
+    NoSuchDrive(String),
+    /// A disk's backing could not be swapped.
+    #[error("cannot swap the drive's backing file")]
+    DriveSwap(#[source] SwapError),
 }
 
 impl Error {
@@ -311,14 +318,24 @@ fn add_network(
     Ok(Some(link))
 }
 
+/// A disk of the running VM: its names, counters and backing.
+struct DiskHandle {
+    /// The API's name for it.
+    id: String,
+    /// Its device's name in logs (`blk0`, ...).
+    name: String,
+    stats: Arc<BlockStats>,
+    backing: BackingHandle,
+}
+
 /// Adds a virtio-blk device per disk, in order (vda, vdb, ...); returns
-/// each one's name and counters.
+/// a handle on each.
 fn add_disks(
     vm: &VmFd,
     mem: &GuestMemory,
     devices: &mut Devices,
     disks: Vec<Disk>,
-) -> Result<Vec<(String, Arc<BlockStats>)>, Error> {
+) -> Result<Vec<DiskHandle>, Error> {
     let mut all = Vec::new();
     for (index, disk) in disks.into_iter().enumerate() {
         let name = format!("blk{index}");
@@ -333,7 +350,12 @@ fn add_disks(
             }
         );
         let block = Block::new(name.clone(), disk.image, &disk.serial);
-        all.push((name, block.stats()));
+        all.push(DiskHandle {
+            id: disk.id,
+            name,
+            stats: block.stats(),
+            backing: block.backing_handle(),
+        });
         devices.add_virtio(vm, mem, Box::new(block))?;
     }
     Ok(all)
@@ -464,8 +486,12 @@ pub struct Vm {
     transport: VirtioTransport,
     keyboard: Arc<Mutex<I8042>>,
     passt: Option<PasstLink>,
-    disks: Vec<(String, Arc<BlockStats>)>,
+    disks: Vec<DiskHandle>,
     _raw_terminal: Option<RawTerminal>,
+    /// KVM's VM: closing it would drop every irqfd and ioeventfd, so it
+    /// lives as long as the VM runs.
+    vm_fd: Arc<VmFd>,
+    _kvm: Kvm,
     /// Dropped last: every vCPU and device thread is gone by then.
     mem: GuestMemory,
 }
@@ -558,6 +584,8 @@ impl Vm {
             passt,
             disks,
             _raw_terminal: raw_terminal,
+            vm_fd: vm,
+            _kvm: kvm,
             mem,
         })
     }
@@ -588,6 +616,62 @@ impl Vm {
             .press_ctrl_alt_del()
     }
 
+    /// The devices' counters, Firecracker's names where the meaning is
+    /// the same: `net` for the card, `block` for all disks together and
+    /// `block_<drive id>` for each.
+    pub fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = serde_json::Map::new();
+        if let Some(link) = &self.passt {
+            let s = &link.stats;
+            map.insert(
+                "net".into(),
+                serde_json::json!({
+                    "rx_bytes_count": s.rx_bytes.load(Relaxed),
+                    "rx_packets_count": s.rx_frames.load(Relaxed),
+                    "rx_fails": s.rx_errors.load(Relaxed),
+                    "rx_dropped": s.rx_dropped.load(Relaxed),
+                    "tx_bytes_count": s.tx_bytes.load(Relaxed),
+                    "tx_packets_count": s.tx_frames.load(Relaxed),
+                    "tx_fails": s.tx_errors.load(Relaxed),
+                    "tx_malformed_frames": s.tx_dropped.load(Relaxed),
+                }),
+            );
+        }
+        let (mut requests, mut invalid) = (0, 0);
+        for disk in &self.disks {
+            let (r, i) = (
+                disk.stats.requests.load(Relaxed),
+                disk.stats.bad_chains.load(Relaxed),
+            );
+            requests += r;
+            invalid += i;
+            map.insert(
+                format!("block_{}", disk.id),
+                serde_json::json!({ "requests_count": r, "invalid_reqs_count": i }),
+            );
+        }
+        if !self.disks.is_empty() {
+            map.insert(
+                "block".into(),
+                serde_json::json!({ "requests_count": requests, "invalid_reqs_count": invalid }),
+            );
+        }
+        map
+    }
+
+    /// Serves the disk `id` from the file at `path` from now on (opened
+    /// again, or re-measured if it is the file the disk has open), in the
+    /// disk's mode: the guest is told its new size through a
+    /// configuration change.
+    pub fn swap_drive(&self, id: &str, path: &std::path::Path) -> Result<(), Error> {
+        let disk = self
+            .disks
+            .iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| Error::NoSuchDrive(id.to_string()))?;
+        disk.backing.swap_path(path).map_err(Error::DriveSwap)
+    }
+
     /// Stops the VM: the vCPUs, then the devices (their threads joined),
     /// then passt; guest memory goes last. Logs the devices' counters.
     pub fn stop(self) {
@@ -608,15 +692,18 @@ impl Vm {
         if let Some(passt) = self.passt {
             passt.stop();
         }
-        for (name, stats) in self.disks {
+        for disk in self.disks {
             log::info!(
-                "{name}: {} requests ({} malformed chains)",
-                stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-                stats.bad_chains.load(std::sync::atomic::Ordering::Relaxed)
+                "{}: {} requests ({} malformed chains)",
+                disk.name,
+                disk.stats.requests.load(Relaxed),
+                disk.stats.bad_chains.load(Relaxed)
             );
         }
         drop(self.keyboard);
         drop(self._raw_terminal);
+        drop(self.vm_fd);
+        drop(self._kvm);
         // Guest memory outlives every vCPU: it is dropped only here.
         drop(self.mem);
     }

@@ -128,6 +128,28 @@ impl Vmm {
         Ok(())
     }
 
+    /// The devices' counters, once the VM runs.
+    pub fn device_metrics(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        self.vm.as_ref().map(Vm::metrics)
+    }
+
+    /// Backs drive `id` with the file at `path`: before the start, in the
+    /// description; after it, live, the guest told of the new size. The
+    /// drive keeps its read-only setting.
+    pub fn update_drive(&mut self, id: &str, path: std::path::PathBuf) -> Result<(), Error> {
+        let drive = self
+            .resources
+            .drives
+            .iter_mut()
+            .find(|d| d.id == id)
+            .ok_or_else(|| vm::Error::NoSuchDrive(id.to_string()))?;
+        if let Some(vm) = &self.vm {
+            vm.swap_drive(id, &path)?;
+        }
+        drive.path = path;
+        Ok(())
+    }
+
     /// Presses Ctrl-Alt-Del in the guest; false if the VM has not started
     /// or no keyboard driver listens.
     pub fn send_ctrl_alt_del(&self) -> bool {
