@@ -13,6 +13,7 @@ pub mod pci;
 mod queue_drain;
 #[cfg(test)]
 mod test_device;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
