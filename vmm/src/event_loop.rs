@@ -348,6 +348,12 @@ mod tests {
             start: Instant::now(),
             shutdown_grace: grace,
         };
+        // A driver has set the controller up: command byte, interrupt on.
+        {
+            let mut kbd = keyboard.lock().unwrap();
+            ferry_devices::bus::BusDevice::write(&mut *kbd, 4, &[0x60]);
+            ferry_devices::bus::BusDevice::write(&mut *kbd, 0, &[0x05]);
+        }
         let slot = KeyboardSlot::default();
         slot.set(keyboard).unwrap();
         (StopWatch::new(end.clone(), policy, slot).unwrap(), end)

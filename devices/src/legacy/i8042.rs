@@ -67,6 +67,8 @@ pub struct I8042 {
     irq: IrqLine,
     output: VecDeque<u8>,
     command_byte: u8,
+    /// The guest wrote the command byte: a driver has set the controller up.
+    configured: bool,
     last_was_command: bool,
     data_target: DataTarget,
 }
@@ -79,14 +81,19 @@ impl I8042 {
             irq,
             output: VecDeque::new(),
             command_byte: CTR_KBD_INT | CTR_SYSTEM,
+            configured: false,
             last_was_command: false,
             data_target: DataTarget::Keyboard,
         }
     }
 
-    /// Whether the guest has a keyboard driver listening (interrupt on, port enabled).
+    /// Whether the guest has a keyboard driver listening: one has set the
+    /// controller up (the reset state has the interrupt on before any
+    /// driver runs), with the keyboard's interrupt on and its port enabled.
     pub fn keyboard_listening(&self) -> bool {
-        self.command_byte & CTR_KBD_INT != 0 && self.command_byte & CTR_KBD_DISABLED == 0
+        self.configured
+            && self.command_byte & CTR_KBD_INT != 0
+            && self.command_byte & CTR_KBD_DISABLED == 0
     }
 
     /// Presses and releases Ctrl-Alt-Del; returns whether a driver listens.
@@ -167,7 +174,10 @@ impl I8042 {
 
     fn controller_argument(&mut self, command: u8, value: u8) {
         match command {
-            0x60 => self.command_byte = value,
+            0x60 => {
+                self.command_byte = value;
+                self.configured = true;
+            }
             // Output port with the reset line low.
             0xd1 if value & 1 == 0 => self.vm_end.request(ExitReason::Reset),
             // Echo as if the keyboard sent it.
@@ -288,6 +298,9 @@ mod tests {
     #[test]
     fn ctrl_alt_del_arrives_as_scan_codes_with_an_interrupt_each() {
         let (mut dev, end, irq) = i8042();
+        // The driver sets the controller up.
+        dev.write(COMMAND, &[0x60]);
+        dev.write(DATA, &[CTR_KBD_INT | CTR_SYSTEM]);
         assert!(dev.press_ctrl_alt_del());
         let mut got = Vec::new();
         while inb(&mut dev, COMMAND) & STATUS_OUTPUT_FULL != 0 {
@@ -296,6 +309,13 @@ mod tests {
         }
         assert_eq!(got, CTRL_ALT_DEL);
         assert!(!end.has_ended());
+    }
+
+    #[test]
+    fn before_a_driver_sets_the_controller_up_nobody_listens() {
+        // The reset state has the keyboard interrupt on, but no driver yet.
+        let (dev, _, _) = i8042();
+        assert!(!dev.keyboard_listening());
     }
 
     #[test]
