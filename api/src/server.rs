@@ -247,11 +247,25 @@ pub fn spawn(
 
 /// Blocks the signals the VMM's main thread handles, in this thread and
 /// the threads it starts.
+/// Blocking a signal already blocked (the VMM blocks them before it
+/// spawns this thread, as it should) is no error.
 fn block_signals() {
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        if let Err(e) = vmm_sys_util::signal::block_signal(signal) {
-            log::warn!("API server: cannot block signal {signal}: {e}");
+    // SAFETY: sigset_t is plain data, which sigemptyset initialises.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t for each call.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
         }
+    }
+    // SAFETY: `set` is valid; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        log::warn!(
+            "API server: cannot block the stop signals: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
     }
 }
 
