@@ -25,7 +25,7 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: lin
 [ -n "$pkg" ] || { echo "build-guest: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
 
 # Everything that shapes the output goes into one stamp; same stamp, nothing to do.
-modules="virtio virtio_ring virtio_mmio virtio_pci failover net_failover virtio_net virtio_blk pvpanic pvpanic_mmio ext4"
+modules="virtio virtio_ring virtio_mmio virtio_pci failover net_failover virtio_net virtio_blk pvpanic pvpanic_mmio ext4 vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
 inputs="$here/init $here/udhcpc.script /bin/busybox $0 $here/build-rootfs.sh $here/guest-tool/Cargo.toml $here/guest-tool/src/main.rs"
 inputs="$inputs $(command -v iperf3 || true)"
 stamp="$pkg $(sha256sum $inputs | sha256sum | cut -c1-16) $modules"

@@ -106,3 +106,21 @@ fn the_demo_fetches_a_page_through_passt() {
         return;
     }
 }
+
+#[test]
+fn the_demo_shell_runs_where_kvm_boots_stock_guests_and_says_why_not_elsewhere() {
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    // Typed at the guest's shell: a line to find, then power off.
+    let script = "printf 'echo shell-$((6*7))\\npoweroff -f\\n' | scripts/demo --shell";
+    let (status, stdout, stderr) = run_group(script, DEMO_WATCHDOG);
+    if pvm {
+        assert_eq!(status, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("--shell needs a /dev/kvm that boots stock kernels"),
+            "the demo should say why it cannot give a shell here: {stderr}"
+        );
+    } else {
+        assert_eq!(status, Some(0), "{stdout}\n{stderr}");
+        assert!(stdout.contains("shell-42"), "{stdout}");
+    }
+}

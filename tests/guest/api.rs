@@ -264,8 +264,18 @@ fn api_ctrl_alt_del_shuts_the_guest_down() -> TestResult {
         Some(r#"{"action_type": "InstanceStart"}"#),
     )?;
     vm.wait_running()?;
-    // Refused (400) until the guest's keyboard driver listens.
+    // Once its init runs: before that, Linux takes Ctrl-Alt-Del as a
+    // reboot (init has not asked for it as a signal yet).
     let deadline = Instant::now() + WATCHDOG;
+    while !vm.console_text().contains("init: userspace started") {
+        if Instant::now() > deadline {
+            return Err(TestError::Hazard(format!(
+                "the guest never reached its init\n{}",
+                vm.console_text()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     loop {
         let (status, _) = api_call(
             &vm.sock,

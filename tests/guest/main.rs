@@ -40,6 +40,7 @@ mod disk;
 mod net;
 mod readme;
 mod transport;
+mod vsock;
 
 use harness::host::{self, Where};
 

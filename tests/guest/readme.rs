@@ -18,7 +18,7 @@ fn block(name: &str) -> Result<String, String> {
 }
 
 /// `bash -c SCRIPT` from the repository root, the ferry under test first in PATH.
-fn bash(script: &str) -> Command {
+pub fn bash(script: &str) -> Command {
     let bin_dir = PathBuf::from(FERRY)
         .parent()
         .map(PathBuf::from)

@@ -21,7 +21,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::cli::DEFAULT_CMDLINE;
 use crate::config::{self, parse_mac, publish_to_passt, valid_serial};
-use crate::resources::{BootSource, DriveSpec, MachineSpec, NetSpec, DEFAULT_MAC};
+use crate::resources::{BootSource, DriveSpec, MachineSpec, NetSpec, VsockSpec, DEFAULT_MAC};
 use crate::vmm::{self, State, Vmm};
 
 /// The answer to a pre-boot request after the VM has started (Firecracker's text).
@@ -196,7 +196,7 @@ impl Api {
             }
             Request::PutDrive(drive) => put_drive(vmm, drive),
             Request::PutNetworkInterface(iface) => put_network_interface(vmm, iface),
-            Request::PutVsock(_) => Err("vsock devices are not supported by this ferry yet".into()),
+            Request::PutVsock(vsock) => put_vsock(vmm, vsock),
             Request::PutLogger(logger) => self.put_logger(logger),
             Request::PutMetrics(metrics) => self.put_metrics(metrics),
         };
@@ -297,6 +297,11 @@ impl Api {
                     ..Default::default()
                 })
                 .collect(),
+            vsock: resources.vsock.as_ref().map(|v| models::Vsock {
+                guest_cid: v.cid,
+                uds_path: v.uds_path.display().to_string(),
+                vsock_id: None,
+            }),
             logger: self.logger.clone(),
             metrics: self.metrics.as_ref().map(|(m, _)| m.clone()),
             ..Default::default()
@@ -492,6 +497,21 @@ fn put_network_interface(
         id: iface.iface_id,
         mac,
         passt: ferry_net_passt::PasstConfig { binary, args },
+    });
+    Ok(Response::NoContent)
+}
+
+fn put_vsock(vmm: &mut Vmm, vsock: models::Vsock) -> Result<Response, String> {
+    VsockSpec::check_cid(vsock.guest_cid)
+        .map_err(|why| format!("guest_cid {}: {why}", vsock.guest_cid))?;
+    if vsock.uds_path.is_empty() {
+        return Err("uds_path: the host side's socket path is required".into());
+    }
+    let resources = vmm.resources_mut().ok_or(AFTER_START)?;
+    // A second PUT replaces the first, as in Firecracker.
+    resources.vsock = Some(VsockSpec {
+        cid: vsock.guest_cid,
+        uds_path: PathBuf::from(vsock.uds_path),
     });
     Ok(Response::NoContent)
 }

@@ -86,6 +86,13 @@ pub struct Cli {
     #[arg(long, value_name = "MAC", default_value = DEFAULT_MAC)]
     pub mac: String,
 
+    /// A virtio-vsock device, `cid=N,uds=PATH`: the guest's context id
+    /// (3 or more) and the UNIX socket where host clients reach guest ports
+    /// with `CONNECT <port>` (Firecracker's hybrid vsock); the guest's
+    /// connections to host port P go to `PATH_P`.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<String>,
+
     /// Forward a host port to the guest: `[IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`
     /// (as podman and docker spell it; IPv6 addresses in brackets). Repeatable.
     #[arg(long, value_name = "[IP:]HOST:GUEST[/PROTO]")]

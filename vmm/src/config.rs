@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use crate::cli::Transport;
 use crate::cli::{Cli, NetKind, DEFAULT_CMDLINE};
-use crate::resources::{BootSource, DriveSpec, MachineSpec, NetSpec, VmResources};
+use crate::resources::{BootSource, DriveSpec, MachineSpec, NetSpec, VmResources, VsockSpec};
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,9 @@ pub enum Error {
     /// error, with the options that avoid it.
     #[error("{0}, pass --passt PATH, or use --net none")]
     PasstMissingCli(ferry_net_passt::launcher::Error),
+    /// A vsock option is malformed.
+    #[error("--vsock {0}: expected cid=N,uds=PATH with a context id of 3 or more")]
+    VsockSpec(String),
     /// A serial number is not 1-20 printable ASCII characters.
     #[error("disk serial {0:?}: expected 1-20 printable ASCII characters")]
     Serial(String),
@@ -264,6 +267,24 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<DriveSpec, Error> {
     Ok(disk)
 }
 
+/// Parses `--vsock cid=N,uds=PATH`.
+pub fn parse_vsock(spec: &str) -> Result<VsockSpec, Error> {
+    let err = || Error::VsockSpec(spec.to_string());
+    let (mut cid, mut uds) = (None, None);
+    for field in spec.split(',') {
+        match field.split_once('=') {
+            Some(("cid", n)) => cid = Some(n.parse::<u32>().map_err(|_| err())?),
+            Some(("uds", path)) if !path.is_empty() => uds = Some(PathBuf::from(path)),
+            _ => return Err(err()),
+        }
+    }
+    let (Some(cid), Some(uds_path)) = (cid, uds) else {
+        return Err(err());
+    };
+    VsockSpec::check_cid(cid).map_err(|_| err())?;
+    Ok(VsockSpec { cid, uds_path })
+}
+
 /// A disk, open and locked.
 #[derive(Debug)]
 pub struct Disk {
@@ -355,7 +376,9 @@ pub fn resources_from_cli(cli: &Cli) -> Result<VmResources, Error> {
             })
         }
     };
+    let vsock = cli.vsock.as_deref().map(parse_vsock).transpose()?;
     Ok(VmResources {
+        vsock,
         boot: cli.kernel.as_ref().map(|kernel| BootSource {
             kernel: kernel.clone(),
             initrd: cli.initrd.clone(),
@@ -399,6 +422,8 @@ pub struct VmConfig {
     pub shutdown_grace: Duration,
     /// Where the virtio devices sit.
     pub transport: Transport,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockSpec>,
 }
 
 /// `cmdline` with the root device's parameters added before the guest's
@@ -466,7 +491,9 @@ impl VmConfig {
             MachineSpec::check_memory(machine.memory_mib, host_memory_mib()),
         )?;
         let transport = launch.transport;
-        let devices = resources.drives.len() + usize::from(resources.net.is_some());
+        let devices = resources.drives.len()
+            + usize::from(resources.net.is_some())
+            + usize::from(resources.vsock.is_some());
         if devices > transport.max_devices() {
             return Err(Error::TooManyDevices {
                 devices,
@@ -535,6 +562,7 @@ impl VmConfig {
             timeout: launch.timeout,
             shutdown_grace: launch.shutdown_grace,
             transport,
+            vsock: resources.vsock.clone(),
         })
     }
 }
@@ -640,6 +668,28 @@ mod tests {
             "a.img,id=123456789012345678901",
         ] {
             assert!(parse_disk(bad, 0).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vsock_specs() {
+        assert_eq!(
+            parse_vsock("cid=3,uds=/tmp/v.sock").unwrap(),
+            VsockSpec {
+                cid: 3,
+                uds_path: "/tmp/v.sock".into()
+            }
+        );
+        for bad in [
+            "",
+            "cid=3",
+            "uds=/x",
+            "cid=2,uds=/x",
+            "cid=x,uds=/x",
+            "cid=3,uds=",
+            "cid=3,uds=/x,ro",
+        ] {
+            assert!(parse_vsock(bad).is_err(), "{bad}");
         }
     }
 

@@ -109,6 +109,31 @@ pub struct VmResources {
     pub drives: Vec<DriveSpec>,
     /// The network card, if any.
     pub net: Option<NetSpec>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockSpec>,
+}
+
+/// A virtio-vsock device whose host side is Firecracker's hybrid vsock: a
+/// UNIX socket where host clients ask for a guest port with `CONNECT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    /// The guest's context id (3 or more).
+    pub cid: u32,
+    /// The UNIX socket ferry listens on; guest connections to host port P
+    /// go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+impl VsockSpec {
+    /// Why `cid` cannot be a guest's context id, if it cannot (0-2 are the
+    /// hypervisor's, the local and the host's).
+    pub fn check_cid(cid: u32) -> Result<(), String> {
+        if cid >= 3 {
+            Ok(())
+        } else {
+            Err("a guest's context id is 3 or more".into())
+        }
+    }
 }
 
 impl VmResources {

@@ -2,7 +2,7 @@
 //! vCPUs: their initial state, their run loop on a thread of their own,
 //! and the handling of each exit to ferry.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -95,6 +95,35 @@ pub fn kick(threads: &[libc::pthread_t]) {
 /// The interrupt flag in RFLAGS.
 const RFLAGS_IF: u64 = 1 << 9;
 
+/// A vCPU's exits to ferry, by kind (Firecracker's names).
+#[derive(Debug, Default)]
+pub struct VcpuStats {
+    /// Port reads.
+    pub exit_io_in: AtomicU64,
+    /// Port writes.
+    pub exit_io_out: AtomicU64,
+    /// MMIO reads.
+    pub exit_mmio_read: AtomicU64,
+    /// MMIO writes.
+    pub exit_mmio_write: AtomicU64,
+    /// Every other exit (halt, shutdown, system events, failures).
+    pub exit_other: AtomicU64,
+}
+
+impl VcpuStats {
+    /// Counts `exit`.
+    fn count(&self, exit: &VcpuExit<'_>) {
+        let counter = match exit {
+            VcpuExit::IoIn(..) => &self.exit_io_in,
+            VcpuExit::IoOut(..) => &self.exit_io_out,
+            VcpuExit::MmioRead(..) => &self.exit_mmio_read,
+            VcpuExit::MmioWrite(..) => &self.exit_mmio_write,
+            _ => &self.exit_other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A vCPU ready to run.
 pub struct Vcpu {
     id: u32,
@@ -103,6 +132,7 @@ pub struct Vcpu {
     mmio_bus: Arc<Bus>,
     vm_end: Arc<VmEnd>,
     halt: Arc<HaltProbe>,
+    stats: Arc<VcpuStats>,
 }
 
 /// Local APIC LVT registers and delivery modes (Intel SDM vol. 3, 10.5.1).
@@ -187,7 +217,13 @@ impl Vcpu {
             mmio_bus,
             vm_end,
             halt,
+            stats: Arc::default(),
         })
+    }
+
+    /// Its exit counters.
+    pub fn stats(&self) -> Arc<VcpuStats> {
+        self.stats.clone()
     }
 
     /// Starts the vCPU on a thread named `vcpuN`.
@@ -203,7 +239,10 @@ impl Vcpu {
     fn run(mut self) {
         while !self.vm_end.has_ended() {
             let outcome = match self.fd.run() {
-                Ok(exit) => handle_exit(exit, &self.io_bus, &self.mmio_bus),
+                Ok(exit) => {
+                    self.stats.count(&exit);
+                    handle_exit(exit, &self.io_bus, &self.mmio_bus)
+                }
                 Err(e) if e.errno() == libc::EINTR => {
                     if self.halt.report(self.id, self.halted_for_good()) {
                         self.vm_end.request(ExitReason::Halt);

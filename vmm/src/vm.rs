@@ -24,6 +24,7 @@ use ferry_devices::virtio::block::{BackingHandle, Block, BlockStats, SwapError};
 use ferry_devices::virtio::mmio::{self, MmioTransport};
 use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig, NetStats};
 use ferry_devices::virtio::pci::{self as virtio_pci, VirtioPci};
+use ferry_devices::virtio::vsock::{Vsock as VirtioVsock, VsockError, VsockStats};
 use ferry_devices::virtio::{Interrupt, VirtioDevice};
 use ferry_devices::vm_end::{ExitReason, VmEnd};
 use ferry_net_passt::Passt;
@@ -98,6 +99,9 @@ pub enum Error {
     /// No disk has this id.
     #[error("no drive {0}")]
     NoSuchDrive(String),
+    /// The vsock device could not be made (its socket, mostly).
+    #[error("cannot set up the vsock device")]
+    Vsock(#[source] VsockError),
     /// A disk's backing could not be swapped.
     #[error("cannot swap the drive's backing file")]
     DriveSwap(#[source] SwapError),
@@ -115,6 +119,7 @@ impl Error {
                 )
                 | Error::Acpi(acpi::Error::TooManyCpus(_))
                 | Error::ConsoleOutput(_)
+                | Error::Vsock(_)
                 | Error::Passt(
                     ferry_net_passt::launcher::Error::NotFound(_)
                         | ferry_net_passt::launcher::Error::EarlyExit(_)
@@ -480,6 +485,7 @@ fn load_guest(mem: &GuestMemory, config: &mut VmConfig) -> Result<vm_memory::Gue
 pub struct Vm {
     vm_end: Arc<VmEnd>,
     vcpus: Vec<vcpu::Vcpu>,
+    vcpu_stats: Vec<Arc<vcpu::VcpuStats>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
@@ -487,6 +493,7 @@ pub struct Vm {
     keyboard: Arc<Mutex<I8042>>,
     passt: Option<PasstLink>,
     disks: Vec<DiskHandle>,
+    vsock: Option<Arc<VsockStats>>,
     _raw_terminal: Option<RawTerminal>,
     /// KVM's VM: closing it would drop every irqfd and ioeventfd, so it
     /// lives as long as the VM runs.
@@ -534,6 +541,21 @@ impl Vm {
         event_loop.set_keyboard(devices.keyboard.clone());
         let disks = add_disks(&vm, &mem, &mut devices, std::mem::take(&mut config.disks))?;
         let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
+        let vsock = match &config.vsock {
+            Some(spec) => {
+                let device = VirtioVsock::new("vsock0".into(), u64::from(spec.cid), &spec.uds_path)
+                    .map_err(Error::Vsock)?;
+                log::info!(
+                    "vsock0: guest cid {}, host side {}",
+                    spec.cid,
+                    spec.uds_path.display()
+                );
+                let stats = device.stats();
+                devices.add_virtio(&vm, &mem, Box::new(device))?;
+                Some(stats)
+            }
+            None => None,
+        };
         acpi::write_acpi_tables(
             &mem,
             config.cpus,
@@ -555,7 +577,7 @@ impl Vm {
         let io_bus = Arc::new(devices.io_bus);
         let mmio_bus = Arc::new(devices.mmio_bus);
         let halt = Arc::new(vcpu::HaltProbe::new(config.cpus));
-        let mut vcpus = Vec::new();
+        let mut vcpus: Vec<vcpu::Vcpu> = Vec::new();
         for id in 0..config.cpus {
             vcpus.push(vcpu::Vcpu::new(
                 &kvm,
@@ -573,8 +595,10 @@ impl Vm {
             "guest set up {} ms after launch",
             start.elapsed().as_millis()
         );
+        let vcpu_stats = vcpus.iter().map(vcpu::Vcpu::stats).collect();
         Ok(Self {
             vm_end,
+            vcpu_stats,
             vcpus,
             threads: Vec::new(),
             io_bus,
@@ -583,6 +607,7 @@ impl Vm {
             keyboard: devices.keyboard,
             passt,
             disks,
+            vsock,
             _raw_terminal: raw_terminal,
             vm_fd: vm,
             _kvm: kvm,
@@ -608,12 +633,11 @@ impl Vm {
         }
     }
 
-    /// Presses Ctrl-Alt-Del on the guest's keyboard; false if no driver listens.
+    /// Presses Ctrl-Alt-Del on the guest's keyboard if a driver listens
+    /// (keys pressed before would only fill its buffer); false if none does.
     pub fn send_ctrl_alt_del(&self) -> bool {
-        self.keyboard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .press_ctrl_alt_del()
+        let mut keyboard = self.keyboard.lock().unwrap_or_else(|p| p.into_inner());
+        keyboard.keyboard_listening() && keyboard.press_ctrl_alt_del()
     }
 
     /// The devices' counters, Firecracker's names where the meaning is
@@ -621,6 +645,22 @@ impl Vm {
     /// `block_<drive id>` for each.
     pub fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut map = serde_json::Map::new();
+        let sum = |counter: fn(&vcpu::VcpuStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+            self.vcpu_stats
+                .iter()
+                .map(|s| counter(s).load(Relaxed))
+                .sum()
+        };
+        map.insert(
+            "vcpu".into(),
+            serde_json::json!({
+                "exit_io_in": sum(|s| &s.exit_io_in),
+                "exit_io_out": sum(|s| &s.exit_io_out),
+                "exit_mmio_read": sum(|s| &s.exit_mmio_read),
+                "exit_mmio_write": sum(|s| &s.exit_mmio_write),
+                "exit_other": sum(|s| &s.exit_other),
+            }),
+        );
         if let Some(link) = &self.passt {
             let s = &link.stats;
             map.insert(
@@ -699,6 +739,9 @@ impl Vm {
                 disk.stats.requests.load(Relaxed),
                 disk.stats.bad_chains.load(Relaxed)
             );
+        }
+        if let Some(stats) = self.vsock {
+            log::info!("vsock0: {stats}");
         }
         drop(self.keyboard);
         drop(self._raw_terminal);

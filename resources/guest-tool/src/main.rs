@@ -8,6 +8,12 @@
 //!   ft disk-seq DEV read|write MIB  sequential O_DIRECT I/O in 1 MiB blocks; prints MB/s
 //!   ft disk-rand DEV SECS THREADS   4 KiB O_DIRECT random reads for SECS seconds on
 //!                                 THREADS threads (queue depth); prints IOPS
+//!   ft vsock-echo PORT            listen on vsock PORT; echo every connection's bytes
+//!                                 back until its peer shuts down (runs until killed)
+//!   ft vsock-connect PORT BYTES   connect to the host (CID 2) on vsock PORT, send BYTES
+//!                                 of a pattern while reading the echo; checks it
+//!   ft vsock-rr PORT COUNT        COUNT 1-byte request/responses to the host's PORT;
+//!                                 prints the median round trip in microseconds
 //!
 //! Each prints one `ft: …` line and exits 0 on success, 1 otherwise.
 
@@ -189,6 +195,171 @@ fn disk_rand(dev: &str, seconds: u64, threads: u32) {
     );
 }
 
+/// AF_VSOCK sockets, from glibc's own symbols (the tool has no dependencies).
+mod vsock {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::FromRawFd;
+
+    const AF_VSOCK: i32 = 40;
+    const SOCK_STREAM: i32 = 1;
+    /// The host's context id.
+    pub const HOST_CID: u32 = 2;
+    const ANY_CID: u32 = u32::MAX;
+
+    #[repr(C)]
+    struct SockaddrVm {
+        family: u16,
+        reserved: u16,
+        port: u32,
+        cid: u32,
+        flags: u8,
+        zero: [u8; 3],
+    }
+
+    extern "C" {
+        fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+        fn bind(fd: i32, addr: *const SockaddrVm, len: u32) -> i32;
+        fn listen(fd: i32, backlog: i32) -> i32;
+        fn accept(fd: i32, addr: *mut SockaddrVm, len: *mut u32) -> i32;
+        fn connect(fd: i32, addr: *const SockaddrVm, len: u32) -> i32;
+        fn shutdown(fd: i32, how: i32) -> i32;
+    }
+
+    fn addr(cid: u32, port: u32) -> SockaddrVm {
+        SockaddrVm { family: AF_VSOCK as u16, reserved: 0, port, cid, flags: 0, zero: [0; 3] }
+    }
+
+    fn check(rc: i32) -> io::Result<i32> {
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    }
+
+    /// A listening socket on `port`.
+    pub fn listener(port: u32) -> io::Result<i32> {
+        // SAFETY: plain socket calls on a descriptor this function owns; the
+        // address lives across the call.
+        unsafe {
+            let fd = check(socket(AF_VSOCK, SOCK_STREAM, 0))?;
+            let a = addr(ANY_CID, port);
+            check(bind(fd, &a, std::mem::size_of::<SockaddrVm>() as u32))?;
+            check(listen(fd, 256))?;
+            Ok(fd)
+        }
+    }
+
+    /// The next connection on `listener`.
+    pub fn accept_one(listener: i32) -> io::Result<File> {
+        let mut a = addr(0, 0);
+        let mut len = std::mem::size_of::<SockaddrVm>() as u32;
+        // SAFETY: `a` and `len` are valid for the call; the new descriptor is owned by the File.
+        unsafe {
+            let fd = check(accept(listener, &mut a, &mut len))?;
+            Ok(File::from_raw_fd(fd))
+        }
+    }
+
+    /// A connection to `cid`:`port`.
+    pub fn connect_to(cid: u32, port: u32) -> io::Result<File> {
+        // SAFETY: as above; the descriptor is owned by the File.
+        unsafe {
+            let fd = check(socket(AF_VSOCK, SOCK_STREAM, 0))?;
+            let file = File::from_raw_fd(fd);
+            let a = addr(cid, port);
+            check(connect(fd, &a, std::mem::size_of::<SockaddrVm>() as u32))?;
+            Ok(file)
+        }
+    }
+
+    /// Shuts down the writing side of `file`'s socket.
+    pub fn shutdown_write(file: &File) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a socket descriptor `file` owns; 1 is SHUT_WR.
+        check(unsafe { shutdown(file.as_raw_fd(), 1) }).map(|_| ())
+    }
+}
+
+fn vsock_echo(port: u32) {
+    let listener = vsock::listener(port).unwrap_or_else(|e| fail(&format!("vsock listen {port}: {e}")));
+    println!("ft: vsock-echo: listening on port {port}");
+    loop {
+        let Ok(mut conn) = vsock::accept_one(listener) else { continue };
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = vsock::shutdown_write(&conn);
+        });
+    }
+}
+
+/// Byte `i` of the pattern the vsock checks send.
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(2654435761) >> 13) as u8
+}
+
+fn vsock_connect(port: u32, bytes: u64) {
+    let conn = vsock::connect_to(vsock::HOST_CID, port).unwrap_or_else(|e| fail(&format!("vsock connect {port}: {e}")));
+    let mut reader = conn.try_clone().unwrap_or_else(|e| fail(&format!("{e}")));
+    let check_echo = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0u64;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(got),
+                Ok(n) => {
+                    for (k, b) in buf[..n].iter().enumerate() {
+                        if *b != pattern(got + k as u64) {
+                            return Err(format!("byte {} differs", got + k as u64));
+                        }
+                    }
+                    got += n as u64;
+                }
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    });
+    let mut writer = conn;
+    let mut sent = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len() as u64) as usize;
+        for (k, b) in chunk[..n].iter_mut().enumerate() {
+            *b = pattern(sent + k as u64);
+        }
+        writer.write_all(&chunk[..n]).unwrap_or_else(|e| fail(&format!("write: {e}")));
+        sent += n as u64;
+    }
+    let _ = vsock::shutdown_write(&writer);
+    match check_echo.join() {
+        Ok(Ok(got)) if got == bytes => println!("ft: vsock-connect: {bytes} bytes echoed intact"),
+        Ok(Ok(got)) => fail(&format!("echoed {got} of {bytes} bytes")),
+        Ok(Err(e)) => fail(&e),
+        Err(_) => fail("reader panicked"),
+    }
+}
+
+fn vsock_rr(port: u32, count: u32) {
+    let mut conn = vsock::connect_to(vsock::HOST_CID, port).unwrap_or_else(|e| fail(&format!("vsock connect {port}: {e}")));
+    let mut times = Vec::with_capacity(count as usize);
+    let mut b = [0u8; 1];
+    for i in 0..count {
+        let start = Instant::now();
+        conn.write_all(&[i as u8]).unwrap_or_else(|e| fail(&format!("write: {e}")));
+        conn.read_exact(&mut b).unwrap_or_else(|e| fail(&format!("read: {e}")));
+        times.push(start.elapsed().as_micros() as u64);
+    }
+    times.sort_unstable();
+    println!("ft: vsock-rr: median {} us over {count}", times[times.len() / 2]);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -197,6 +368,9 @@ fn main() {
         Some("tcp-rr") => tcp_rr(&arg::<String>(&args, 2, "HOST"), arg(&args, 3, "PORT"), arg(&args, 4, "COUNT")),
         Some("disk-seq") => disk_seq(&arg::<String>(&args, 2, "DEV"), &arg::<String>(&args, 3, "MODE"), arg(&args, 4, "MIB")),
         Some("disk-rand") => disk_rand(&arg::<String>(&args, 2, "DEV"), arg(&args, 3, "SECS"), arg(&args, 4, "THREADS")),
-        _ => fail("usage: ft udp-echo PORT COUNT | udp-ping HOST PORT COUNT | tcp-rr HOST PORT COUNT | disk-seq DEV read|write MIB | disk-rand DEV SECS THREADS"),
+        Some("vsock-echo") => vsock_echo(arg(&args, 2, "PORT")),
+        Some("vsock-connect") => vsock_connect(arg(&args, 2, "PORT"), arg(&args, 3, "BYTES")),
+        Some("vsock-rr") => vsock_rr(arg(&args, 2, "PORT"), arg(&args, 3, "COUNT")),
+        _ => fail("usage: ft udp-echo PORT COUNT | udp-ping HOST PORT COUNT | tcp-rr HOST PORT COUNT | disk-seq DEV read|write MIB | disk-rand DEV SECS THREADS | vsock-echo PORT | vsock-connect PORT BYTES | vsock-rr PORT COUNT"),
     }
 }
