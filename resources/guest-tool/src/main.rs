@@ -14,6 +14,10 @@
 //!                                 of a pattern while reading the echo; checks it
 //!   ft vsock-rr PORT COUNT        COUNT 1-byte request/responses to the host's PORT;
 //!                                 prints the median round trip in microseconds
+//!   ft vsock-bench PORT           listen on vsock PORT for the benchmark's host side;
+//!                                 each connection's first byte says what to do:
+//!                                 `s` read to the end (a sink), `g` + 8-byte big-endian
+//!                                 length: send that many bytes, `e` echo (request/response)
 //!
 //! Each prints one `ft: …` line and exits 0 on success, 1 otherwise.
 
@@ -300,6 +304,49 @@ fn vsock_echo(port: u32) {
     }
 }
 
+fn vsock_bench(port: u32) {
+    let listener = vsock::listener(port).unwrap_or_else(|e| fail(&format!("vsock listen {port}: {e}")));
+    println!("ft: vsock-bench: listening on port {port}");
+    loop {
+        let Ok(mut conn) = vsock::accept_one(listener) else { continue };
+        std::thread::spawn(move || {
+            let mut op = [0u8; 1];
+            if conn.read_exact(&mut op).is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            match op[0] {
+                b's' => while matches!(conn.read(&mut buf), Ok(n) if n > 0) {},
+                b'g' => {
+                    let mut len = [0u8; 8];
+                    if conn.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut left = u64::from_be_bytes(len);
+                    while left > 0 {
+                        let n = left.min(buf.len() as u64) as usize;
+                        if conn.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        left -= n as u64;
+                    }
+                }
+                _ => loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                },
+            }
+            let _ = vsock::shutdown_write(&conn);
+        });
+    }
+}
+
 /// Byte `i` of the pattern the vsock checks send.
 fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(2654435761) >> 13) as u8
@@ -371,6 +418,7 @@ fn main() {
         Some("vsock-echo") => vsock_echo(arg(&args, 2, "PORT")),
         Some("vsock-connect") => vsock_connect(arg(&args, 2, "PORT"), arg(&args, 3, "BYTES")),
         Some("vsock-rr") => vsock_rr(arg(&args, 2, "PORT"), arg(&args, 3, "COUNT")),
-        _ => fail("usage: ft udp-echo PORT COUNT | udp-ping HOST PORT COUNT | tcp-rr HOST PORT COUNT | disk-seq DEV read|write MIB | disk-rand DEV SECS THREADS | vsock-echo PORT | vsock-connect PORT BYTES | vsock-rr PORT COUNT"),
+        Some("vsock-bench") => vsock_bench(arg(&args, 2, "PORT")),
+        _ => fail("usage: ft udp-echo PORT COUNT | udp-ping HOST PORT COUNT | tcp-rr HOST PORT COUNT | disk-seq DEV read|write MIB | disk-rand DEV SECS THREADS | vsock-echo PORT | vsock-connect PORT BYTES | vsock-rr PORT COUNT | vsock-bench PORT"),
     }
 }
