@@ -9,6 +9,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -291,15 +293,16 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-#[guest_test]
-fn vsock_guest_to_host_reaches_the_port_socket() -> TestResult {
-    let scratch = Scratch::new("vsock-guest")?;
-    let uds = scratch.path("v.sock");
-    // The host's echo server on port 5000; nothing on 5001.
-    let port_path = PathBuf::from(format!("{}_5000", uds.display()));
+/// A host echo server on `<uds>_<port>`; returns how many of its
+/// connections have ended.
+fn host_echo_server(uds: &Path, port: u32) -> TestResult<Arc<AtomicUsize>> {
+    let port_path = PathBuf::from(format!("{}_{port}", uds.display()));
     let listener = UnixListener::bind(&port_path).map_err(|e| format!("bind: {e}"))?;
+    let ended = Arc::new(AtomicUsize::new(0));
+    let counter = ended.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            let counter = counter.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().expect("clone"));
                 let mut writer = stream;
@@ -316,11 +319,31 @@ fn vsock_guest_to_host_reaches_the_port_socket() -> TestResult {
                 }
                 let _ = writer.shutdown(std::net::Shutdown::Write);
                 let _ = reader.fill_buf();
+                counter.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
+    Ok(ended)
+}
+
+/// The exit log's vsock line says no connection is left open.
+fn none_left_open(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .any(|l| l.starts_with("ferry: vsock0: connections") && l.contains(" 0 open"))
+}
+
+#[guest_test]
+fn vsock_guest_to_host_reaches_the_port_socket() -> TestResult {
+    let scratch = Scratch::new("vsock-guest")?;
+    let uds = scratch.path("v.sock");
+    // The host's echo server on port 5000; nothing on 5001.
+    let ended = host_echo_server(&uds, 5000)?;
+    // The first sender is killed mid-stream (256 MiB take longer than 3 s
+    // here); then 64 MiB go and come back intact; then a refused port.
     let out = Boot::new(
-        "ft vsock-connect 5000 67108864 && { ft vsock-connect 5001 16 || echo refused-as-expected; }",
+        "ft vsock-connect 5000 268435456 & sleep 3; kill -9 $!; \
+         ft vsock-connect 5000 67108864 && { ft vsock-connect 5001 16 || echo refused-as-expected; }",
     )
     .args(&["--net", "none", "--vsock", &format!("cid=3,uds={}", uds.display())])
     .run()?;
@@ -328,13 +351,49 @@ fn vsock_guest_to_host_reaches_the_port_socket() -> TestResult {
         && out
             .stdout
             .contains("ft: vsock-connect: 67108864 bytes echoed intact")
-        && out.stdout.contains("refused-as-expected");
+        && out.stdout.contains("refused-as-expected")
+        && !out.stdout.contains("268435456 bytes echoed");
     if !ok {
         return Err(format!(
             "the guest should reach PATH_5000 and be refused on 5001\n{}",
             out.describe()
         )
         .into());
+    }
+    // Both connections ended on the host too, the killed one included.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ended.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if ended.load(Ordering::SeqCst) < 2 || !none_left_open(&out.stderr) {
+        return Err(format!(
+            "the killed sender's connection should end on both sides ({} ended on the host)\n{}",
+            ended.load(Ordering::SeqCst),
+            out.describe()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+#[guest_test]
+fn vsock_over_virtio_mmio() -> TestResult {
+    let scratch = Scratch::new("vsock-mmio")?;
+    let uds = scratch.path("v.sock");
+    host_echo_server(&uds, 5000)?;
+    let out = Boot::new("ft vsock-connect 5000 8388608")
+        .args(&[
+            "--net",
+            "none",
+            "--virtio",
+            "mmio",
+            "--vsock",
+            &format!("cid=3,uds={}", uds.display()),
+        ])
+        .kernel_args("pci=off")
+        .run()?;
+    if out.status != Some(0) || !out.stdout.contains("8388608 bytes echoed intact") {
+        return Err(format!("vsock should work on virtio-mmio too\n{}", out.describe()).into());
     }
     Ok(())
 }
