@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Builds an initramfs whose init is Kata Containers' kata-agent, for booting
+# under ferry with a vsock device, into the cache directory of
+# build-agent.sh (which it runs first):
+#
+#   <dir>/initramfs.cpio.gz  /init (a busybox sh script: loads the virtio and
+#                            vsock modules, then execs kata-agent, which so
+#                            runs as PID 1 in its "init" mode), busybox,
+#                            /usr/bin/kata-agent with the shared libraries it
+#                            links (from this machine's glibc), the modules
+#   <dir>/vmlinuz            the Debian cloud kernel those modules belong to
+#                            (the package resources/build-guest.sh uses)
+#   <dir>/kata-agent, <dir>/kata-agent-client  (from build-agent.sh)
+#
+# As PID 1 the agent mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and
+# the cgroups itself, reads its options from the kernel command line
+# (agent.log=debug, agent.server_addr=vsock://-1:1024, agent.debug_console,
+# ...) and listens on vsock port 1024; it powers the VM off when it ends.
+#
+# Needs: what build-agent.sh needs, plus apt-get (package lists current),
+# dpkg, cpio, gzip, kmod (depmod), busybox-static, xz-utils/zstd if the
+# modules are compressed, binutils (strip; optional). Re-running it with
+# nothing changed only checks the inputs and prints the paths.
+#
+# Usage: build-agent-initramfs.sh [--print-dir]
+#   prints the initramfs's and the kernel's paths (or only the directory).
+#
+# Boot it under ferry and ask the agent (on a PVM /dev/kvm, inside
+# ../shared/kvm-host/run-in-kvm-host, with the socket under /tmp):
+#   dir=$(resources/kata/build-agent-initramfs.sh --print-dir)
+#   ferry --kernel $dir/vmlinuz --initrd $dir/initramfs.cpio.gz --net none \
+#         --memory 512 --vsock cid=3,uds=/tmp/kata.vsock \
+#         --console file:/tmp/kata-console.log \
+#         --cmdline "$(ferry --print-cmdline) agent.log=debug" &
+#   $dir/kata-agent-client --server-address unix:///tmp/kata.vsock \
+#         --hybrid-vsock --wait 120 Check GetGuestDetails ListInterfaces ListRoutes
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+self=$here/$(basename "$0")
+repo=$(cd "$here/../.." && pwd)
+base=${XDG_CACHE_HOME:-$HOME/.cache}/ferry-kata
+
+print_dir=no
+for a in "$@"; do
+  case "$a" in
+    --print-dir) print_dir=yes ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "build-agent-initramfs: unknown option $a (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "build-agent-initramfs: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+dir=$("$here/build-agent.sh" --print-dir)
+
+for t in apt-cache apt-get dpkg cpio gzip depmod ldd; do
+  command -v "$t" >/dev/null || die "$t missing (apt-get install -y cpio kmod)"
+done
+[ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install -y busybox-static)"
+
+# The cloud kernel package linux-image-cloud-amd64 points at, as build-guest.sh picks it.
+resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+pkg=$(resolve)
+if [ -z "$pkg" ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q >&2
+  pkg=$(resolve)
+fi
+[ -n "$pkg" ] || die "cannot resolve linux-image-cloud-amd64"
+
+modules="virtio virtio_ring virtio_pci virtio_mmio failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
+stamp="$pkg $(sha256sum "$self" /bin/busybox "$dir/kata-agent" | sha256sum | cut -c1-16) $modules"
+
+report() {
+  if [ "$print_dir" = yes ]; then
+    echo "$dir"
+  else
+    echo "$dir/initramfs.cpio.gz"
+    echo "$dir/vmlinuz"
+  fi
+}
+
+if [ -s "$dir/initramfs.cpio.gz" ] && [ -s "$dir/vmlinuz" ] && [ "$(cat "$dir/initramfs.stamp" 2>/dev/null)" = "$stamp" ]; then
+  log "$dir/initramfs.cpio.gz is up to date ($pkg)"
+  report
+  exit 0
+fi
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# The kernel package: build-guest.sh's copy if it has one, else our own.
+deb=$(ls "$repo/resources/out/$pkg"_*.deb "$base/debs/$pkg"_*.deb 2>/dev/null | head -n1 || true)
+if [ -z "$deb" ]; then
+  mkdir -p "$base/debs"
+  (cd "$tmp" && apt-get -o APT::Sandbox::User=root download "$pkg" >&2) || die "apt-get download $pkg failed"
+  rm -f "$base/debs"/linux-image-*.deb
+  mv "$tmp/$pkg"_*.deb "$base/debs/"
+  deb=$(ls "$base/debs/$pkg"_*.deb | head -n1)
+fi
+log "kernel and modules from $(basename "$deb")"
+dpkg -x "$deb" "$tmp/x"
+kver=$(ls "$tmp/x/lib/modules")
+moddir=$tmp/x/lib/modules/$kver
+depmod -b "$tmp/x" "$kver"
+
+root=$tmp/root
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,lib/modules,usr/bin}
+cp /bin/busybox "$root/bin/busybox"
+for l in sh insmod mount ls cat echo mkdir poweroff; do ln -s busybox "$root/bin/$l"; done
+echo kata > "$root/etc/hostname"
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
+printf 'root:x:0:\n' > "$root/etc/group"
+
+# kata-agent and the libraries it links (the loader under its own path too).
+# Stripped (binutils) when strip is there: a third of the size, a faster boot.
+if command -v strip >/dev/null; then
+  strip -o "$root/usr/bin/kata-agent" "$dir/kata-agent"
+else
+  cp "$dir/kata-agent" "$root/usr/bin/kata-agent"
+fi
+for f in $(ldd "$dir/kata-agent" | grep -o '/[^ ]*'); do
+  mkdir -p "$root$(dirname "$f")"
+  cp -L "$f" "$root$f"
+done
+# /lib64 may be a link on the host (merged /usr): keep the loader reachable.
+[ -e "$root/lib64/ld-linux-x86-64.so.2" ] || { mkdir -p "$root/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"; }
+
+# The modules, each after those it depends on (modules.dep).
+declare -A seen=()
+order=()
+visit() {
+  local p=$1
+  [ -n "${seen[$p]:-}" ] && return 0
+  seen[$p]=1
+  local d
+  for d in $(awk -F': *' -v p="$p" '$1==p {print $2; exit}' "$moddir/modules.dep" | tr ' ' '\n' | tac); do visit "$d"; done
+  order+=("$p")
+}
+for m in $modules; do
+  p=$(awk -F: -v m="/${m//_/[-_]}.ko" '$1 ~ m"(\\.xz|\\.zst|\\.gz)?$" {print $1; exit}' "$moddir/modules.dep")
+  if [ -z "$p" ]; then
+    grep -q "/${m//_/[-_]}.ko" "$moddir/modules.builtin" && continue  # built in
+    die "module $m not found in $pkg"
+  fi
+  visit "$p"
+done
+for p in "${order[@]}"; do
+  f=$(basename "$p")
+  case "$f" in
+    *.xz) xz -dc "$moddir/$p" > "$root/lib/modules/${f%.xz}"; f=${f%.xz} ;;
+    *.zst) zstd -dqc "$moddir/$p" > "$root/lib/modules/${f%.zst}"; f=${f%.zst} ;;
+    *.gz) gzip -dc "$moddir/$p" > "$root/lib/modules/${f%.gz}"; f=${f%.gz} ;;
+    *) cp "$moddir/$p" "$root/lib/modules/$f" ;;
+  esac
+  echo "$f"
+done > "$root/lib/modules/order"
+
+# /init: modules, then kata-agent as PID 1 (it mounts what it needs itself;
+# nothing is mounted here, so that its own mounts find the places free).
+cat > "$root/init" <<'EOF'
+#!/bin/sh
+# Loads the virtio and vsock modules, then becomes kata-agent (PID 1).
+export PATH=/usr/bin:/bin:/sbin:/usr/sbin
+while read -r m; do
+  insmod "/lib/modules/$m" || echo "init: insmod $m failed"
+done < /lib/modules/order
+exec /usr/bin/kata-agent
+EOF
+chmod +x "$root/init"
+
+(cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) > "$dir/initramfs.cpio.gz.new"
+cp "$tmp/x/boot/vmlinuz-$kver" "$dir/vmlinuz.new"
+mv "$dir/vmlinuz.new" "$dir/vmlinuz"
+mv "$dir/initramfs.cpio.gz.new" "$dir/initramfs.cpio.gz"
+echo "$stamp" > "$dir/initramfs.stamp"
+log "built $dir/initramfs.cpio.gz ($pkg; modules: $(tr '\n' ' ' < "$root/lib/modules/order"))"
+report
