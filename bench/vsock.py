@@ -7,7 +7,7 @@ on q35, the same guest, in the same invocation.
 Per run and VMM: one stream host->guest and one guest->host (64 KiB writes,
 --mib MiB each), and 1-byte request/response latency (host asks, the guest
 echoes), with the VMM process's CPU time (user+system, the guest's vCPU time
-included) per GB moved. The guest runs `ft vsock-bench 1024`; the host side
+included, and QEMU's vhost kernel threads) per GB moved. The guest runs `ft vsock-bench 1024`; the host side
 reaches it with `CONNECT 1024` on ferry's socket, or on AF_VSOCK CID 3 for
 QEMU. Prints medians and the ratio ferry/QEMU; writes target/bench-vsock.json.
 
@@ -34,12 +34,28 @@ PORT = 1024
 JOB = f"\"dmesg -n 1; ft vsock-bench {PORT}\""
 
 
-def cpu_seconds(pid):
-    """User+system CPU seconds of process `pid` so far."""
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu(stat_path):
+    """User+system CPU seconds in a /proc stat file."""
+    with open(stat_path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User+system CPU seconds of process `pid` so far, and of the vhost
+    kernel threads working for it (`vhost-<pid>`: on kernels before 6.4
+    they are not the process's own threads, yet they move its data)."""
+    total = _cpu(f"/proc/{pid}/stat")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() == f"vhost-{pid}":
+                    total += _cpu(f"/proc/{entry}/stat")
+        except OSError:
+            continue
+    return total
 
 
 class Vmm:
@@ -52,6 +68,9 @@ class Vmm:
 
     def start(self):
         """Boots the guest with its vsock benchmark server."""
+        # A ferry that was killed leaves its socket file, as Firecracker does.
+        if os.path.exists(self.uds):
+            os.unlink(self.uds)
         cmdline = vmms.append(vmms.ferry_cmdline(), "quiet")
         if self.name == "ferry":
             cmd = vmms.ferry_cmd(MEM_MIB, vmms.INITRD, cmdline, JOB, "--net", "none",
@@ -99,10 +118,14 @@ class Vmm:
         raise RuntimeError(f"{self.name}: the guest's vsock server never answered")
 
     def stop(self):
-        """Stops the VMM."""
+        """Stops the VMM at once (SIGHUP: ferry removes its socket), killing it if it lingers."""
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(1)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def host_to_guest(vmm, nbytes):
