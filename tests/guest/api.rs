@@ -400,20 +400,9 @@ fn api_drive_patched_after_boot_is_read_by_the_guest() -> TestResult {
     Ok(())
 }
 
-/// Runs `script` with bash from the repository root, the ferry under test
-/// first in PATH, as the README's examples run.
+/// Runs `script` as the README's examples run (`readme::bash`).
 fn run_script(script: &str) -> crate::common::Outcome {
-    let bin = PathBuf::from(FERRY);
-    let path = format!(
-        "{}:{}",
-        bin.parent().unwrap_or(Path::new(".")).display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut cmd = Command::new("bash");
-    cmd.args(["-euo", "pipefail", "-c", script])
-        .current_dir(crate::common::repo_root())
-        .env("PATH", path);
-    crate::common::run(cmd, WATCHDOG)
+    crate::common::run(crate::readme::bash(script), WATCHDOG)
 }
 
 #[guest_test]

@@ -310,7 +310,7 @@ impl Api {
 }
 
 /// `err` and its causes on one line.
-fn chain(err: &dyn std::error::Error) -> String {
+pub fn chain(err: &dyn std::error::Error) -> String {
     let mut line = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -6,22 +6,11 @@ use std::time::Instant;
 use clap::Parser;
 use std::sync::{mpsc, Arc};
 
+use ferry::api::chain;
 use ferry::resources::VmResources;
 use ferry::{api, cli, config, exit_status, logger, vmm};
 use ferry_devices::vm_end::ExitReason;
 use vmm_sys_util::eventfd::EventFd;
-
-/// `err` and its causes on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
-}
 
 /// Why ferry stopped before the VM could end: the message and the exit status.
 struct Failure(String, i32);
