@@ -512,6 +512,7 @@ fn put_vsock(vmm: &mut Vmm, vsock: models::Vsock) -> Result<Response, String> {
     resources.vsock = Some(VsockSpec {
         cid: vsock.guest_cid,
         uds_path: PathBuf::from(vsock.uds_path),
+        port_listeners: Vec::new(),
     });
     Ok(Response::NoContent)
 }

@@ -89,8 +89,10 @@ pub struct Cli {
     /// A virtio-vsock device, `cid=N,uds=PATH`: the guest's context id
     /// (3 or more) and the UNIX socket where host clients reach guest ports
     /// with `CONNECT <port>` (Firecracker's hybrid vsock); the guest's
-    /// connections to host port P go to `PATH_P`.
-    #[arg(long, value_name = "cid=N,uds=PATH")]
+    /// connections to host port P go to `PATH_P`. Each `listen=PORT:SOCK`
+    /// adds a UNIX socket at SOCK whose every connection is joined to guest
+    /// port PORT with no `CONNECT` line (Kata's agent socket).
+    #[arg(long, value_name = "cid=N,uds=PATH[,listen=PORT:SOCK]")]
     pub vsock: Option<String>,
 
     /// Forward a host port to the guest: `[IP:]HOST_PORT:GUEST_PORT[/tcp|/udp]`

@@ -93,7 +93,9 @@ pub enum Error {
     #[error("{0}, pass --passt PATH, or use --net none")]
     PasstMissingCli(ferry_net_passt::launcher::Error),
     /// A vsock option is malformed.
-    #[error("--vsock {0}: expected cid=N,uds=PATH with a context id of 3 or more")]
+    #[error(
+        "--vsock {0}: expected cid=N,uds=PATH[,listen=PORT:PATH]... with a context id of 3 or more"
+    )]
     VsockSpec(String),
     /// A serial number is not 1-20 printable ASCII characters.
     #[error("disk serial {0:?}: expected 1-20 printable ASCII characters")]
@@ -267,14 +269,22 @@ pub fn parse_disk(spec: &str, index: usize) -> Result<DriveSpec, Error> {
     Ok(disk)
 }
 
-/// Parses `--vsock cid=N,uds=PATH`.
+/// Parses `--vsock cid=N,uds=PATH[,listen=PORT:PATH]...`.
 pub fn parse_vsock(spec: &str) -> Result<VsockSpec, Error> {
     let err = || Error::VsockSpec(spec.to_string());
-    let (mut cid, mut uds) = (None, None);
+    let (mut cid, mut uds, mut port_listeners) = (None, None, Vec::new());
     for field in spec.split(',') {
         match field.split_once('=') {
             Some(("cid", n)) => cid = Some(n.parse::<u32>().map_err(|_| err())?),
             Some(("uds", path)) if !path.is_empty() => uds = Some(PathBuf::from(path)),
+            Some(("listen", listener)) => {
+                let (port, path) = listener.split_once(':').ok_or_else(err)?;
+                let port = port.parse::<u32>().map_err(|_| err())?;
+                if path.is_empty() {
+                    return Err(err());
+                }
+                port_listeners.push((port, PathBuf::from(path)));
+            }
             _ => return Err(err()),
         }
     }
@@ -282,7 +292,11 @@ pub fn parse_vsock(spec: &str) -> Result<VsockSpec, Error> {
         return Err(err());
     };
     VsockSpec::check_cid(cid).map_err(|_| err())?;
-    Ok(VsockSpec { cid, uds_path })
+    Ok(VsockSpec {
+        cid,
+        uds_path,
+        port_listeners,
+    })
 }
 
 /// A disk, open and locked.
@@ -677,8 +691,15 @@ mod tests {
             parse_vsock("cid=3,uds=/tmp/v.sock").unwrap(),
             VsockSpec {
                 cid: 3,
-                uds_path: "/tmp/v.sock".into()
+                uds_path: "/tmp/v.sock".into(),
+                port_listeners: vec![],
             }
+        );
+        assert_eq!(
+            parse_vsock("cid=3,uds=/tmp/v.sock,listen=1024:/tmp/agent.sock")
+                .unwrap()
+                .port_listeners,
+            vec![(1024, PathBuf::from("/tmp/agent.sock"))]
         );
         for bad in [
             "",
@@ -688,6 +709,9 @@ mod tests {
             "cid=x,uds=/x",
             "cid=3,uds=",
             "cid=3,uds=/x,ro",
+            "cid=3,uds=/x,listen=1024",
+            "cid=3,uds=/x,listen=x:/a",
+            "cid=3,uds=/x,listen=1024:",
         ] {
             assert!(parse_vsock(bad).is_err(), "{bad}");
         }

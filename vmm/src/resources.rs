@@ -122,6 +122,10 @@ pub struct VsockSpec {
     /// The UNIX socket ferry listens on; guest connections to host port P
     /// go to `<uds_path>_P`.
     pub uds_path: PathBuf,
+    /// Plain port listeners: UNIX sockets whose every connection is joined
+    /// to a guest port with no `CONNECT` line (Kata's agent socket), as
+    /// `(guest port, socket path)`.
+    pub port_listeners: Vec<(u32, PathBuf)>,
 }
 
 impl VsockSpec {

@@ -543,8 +543,15 @@ impl Vm {
         let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
         let vsock = match &config.vsock {
             Some(spec) => {
-                let device = VirtioVsock::new("vsock0".into(), u64::from(spec.cid), &spec.uds_path)
-                    .map_err(Error::Vsock)?;
+                let mut device =
+                    VirtioVsock::new("vsock0".into(), u64::from(spec.cid), &spec.uds_path)
+                        .map_err(Error::Vsock)?;
+                for (port, path) in &spec.port_listeners {
+                    device
+                        .add_port_listener(path, *port)
+                        .map_err(Error::Vsock)?;
+                    log::info!("vsock0: {} joined to guest port {port}", path.display());
+                }
                 log::info!(
                     "vsock0: guest cid {}, host side {}",
                     spec.cid,
