@@ -1,15 +1,16 @@
 //! Where a sandbox's output goes: the guest's console and ferry's own log
 //! (passt's included) arrive on ferry's stdout and stderr, the agent's log
-//! on a vsock port; every line goes to the service's log, tagged with the
+//! on a vsock port the agent listens on; every line goes to the service's log, tagged with the
 //! sandbox id, and the console's last lines are kept for error messages.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 /// How many console lines an error message quotes.
 pub const CONSOLE_TAIL_LINES: usize = 20;
@@ -67,51 +68,69 @@ pub fn pump_lines(
     }
 }
 
-/// A UNIX socket where the guest's agent writes its log (reached through
-/// ferry's hybrid vsock: the guest's connections to host port P go to
-/// `<vsock socket>_P`); every connection's lines go to the service's log.
+/// Follows the agent's log: kata-agent listens on its log port
+/// (`agent.log_vport`) and writes its log to the one connection it
+/// accepts, holding its log back until then; so this connects through
+/// ferry's hybrid socket (`CONNECT <port>`) from the moment ferry starts,
+/// retrying until the agent listens, and sends every line to the service's
+/// log. Stops trying when dropped; a connection ends with the VM.
 #[derive(Debug)]
 pub struct AgentLog {
-    path: PathBuf,
     stop: Arc<AtomicBool>,
 }
 
+/// How often the agent's log port is tried.
+const AGENT_LOG_RETRY: Duration = Duration::from_millis(100);
+
 impl AgentLog {
-    /// Listens at `path` for sandbox `id`.
-    pub fn listen(id: &str, path: &Path) -> std::io::Result<Self> {
-        let listener = UnixListener::bind(path)?;
+    /// Follows guest port `port` behind the hybrid socket `vsock`.
+    pub fn follow(id: &str, vsock: &Path, port: u32) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (id, stopped) = (id.to_string(), stop.clone());
+        let (id, vsock, stopped) = (id.to_string(), vsock.to_owned(), stop.clone());
         thread::Builder::new()
             .name("agent-log".into())
             .spawn(move || {
-                for stream in listener.incoming() {
-                    if stopped.load(Ordering::Acquire) {
-                        break;
+                while !stopped.load(Ordering::Acquire) {
+                    if let Some(stream) = connect_port(&vsock, port) {
+                        log::debug!("sandbox {id}: following the agent's log (vsock port {port})");
+                        pump_lines(&id, "agent", stream, None);
+                        return;
                     }
-                    match stream {
-                        Ok(stream) => pump_lines(&id, "agent", stream, None),
-                        Err(e) => {
-                            log::warn!("sandbox {id}: agent log socket: {e}");
-                            break;
-                        }
-                    }
+                    thread::sleep(AGENT_LOG_RETRY);
                 }
             })?;
-        Ok(AgentLog {
-            path: path.to_owned(),
-            stop,
-        })
+        Ok(AgentLog { stop })
     }
 }
 
 impl Drop for AgentLog {
     fn drop(&mut self) {
-        // Wake the accepting thread so that it sees the flag and ends.
         self.stop.store(true, Ordering::Release);
-        let _ = std::os::unix::net::UnixStream::connect(&self.path);
-        let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Connects to guest `port` behind the hybrid socket `vsock`: the stream
+/// once ferry answered `OK`, or None.
+pub fn connect_port(vsock: &Path, port: u32) -> Option<UnixStream> {
+    let mut stream = UnixStream::connect(vsock).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .ok()?;
+    // Byte by byte: nothing after the line may be read with it.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' && line.len() < 64 {
+        match stream.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => return None,
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return None;
+    }
+    stream.set_read_timeout(None).ok()?;
+    Some(stream)
 }
 
 #[cfg(test)]

@@ -4,13 +4,10 @@
 //!
 //! The runtime directory `<runtime dir>/<id>/` holds ferry's hybrid vsock
 //! socket (`vsock.sock`), the agent socket CreateVM hands out
-//! (`agent.sock`, every connection joined to the guest's agent port) and
-//! the agent log's socket (`vsock.sock_<log port>`).
+//! (`agent.sock`, every connection joined to the guest's agent port).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -18,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::launcher::Launcher;
-use crate::output::{pump_lines, AgentLog, ConsoleTail};
+use crate::output::{connect_port, pump_lines, AgentLog, ConsoleTail};
 use crate::plan::VmPlan;
 
 /// The longest a sandbox id may be (Kata's are 64 hex digits).
@@ -59,11 +56,11 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-    /// The agent log's socket cannot be made.
-    #[error("cannot listen for the agent's log at {path}")]
+    /// The agent log's follower cannot be started.
+    #[error("cannot follow the agent's log on vsock port {port}")]
     AgentLog {
-        /// The socket.
-        path: PathBuf,
+        /// The port.
+        port: u32,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -117,12 +114,7 @@ pub fn check_id(id: &str) -> Result<(), SandboxError> {
 
 /// Whether `name` is one of the files a sandbox's directory holds.
 pub fn is_sandbox_file(name: &str) -> bool {
-    name == AGENT_SOCKET
-        || name == VSOCK_SOCKET
-        || name
-            .strip_prefix(VSOCK_SOCKET)
-            .and_then(|rest| rest.strip_prefix('_'))
-            .is_some_and(|port| port.parse::<u32>().is_ok())
+    name == AGENT_SOCKET || name == VSOCK_SOCKET
 }
 
 /// The agent socket's name in a sandbox's directory.
@@ -243,19 +235,6 @@ impl Sandbox {
         if !matches!(self.state, State::Created) {
             return Err(self.state_error("StartVM"));
         }
-        let agent_log = if config.agent_log_port != 0 {
-            let path = PathBuf::from(format!(
-                "{}_{}",
-                self.vsock_socket().display(),
-                config.agent_log_port
-            ));
-            Some(
-                AgentLog::listen(&self.id, &path)
-                    .map_err(|source| SandboxError::AgentLog { path, source })?,
-            )
-        } else {
-            None
-        };
         let netns = match &self.plan.netns {
             Some(path) => Some(File::open(path).map_err(|source| SandboxError::Netns {
                 path: path.clone(),
@@ -306,6 +285,18 @@ impl Sandbox {
                 None => String::new(),
             }
         );
+        let agent_log = if config.agent_log_port != 0 {
+            Some(
+                AgentLog::follow(&self.id, &self.vsock_socket(), config.agent_log_port).map_err(
+                    |source| SandboxError::AgentLog {
+                        port: config.agent_log_port,
+                        source,
+                    },
+                )?,
+            )
+        } else {
+            None
+        };
         let console = Arc::new(ConsoleTail::default());
         if let Some(stdout) = ferry.stdout.take() {
             pump_lines(&self.id, "console", stdout, Some(console.clone()));
@@ -369,7 +360,7 @@ impl Sandbox {
     }
 
     /// Stops the VM: ferry gets SIGTERM (it presses Ctrl-Alt-Del and gives
-    /// the guest its shutdown grace), then, after `grace` and a little more,
+    /// the guest its shutdown grace), then, after `grace` and a moment more,
     /// its whole process group (ferry and passt) gets SIGKILL. Then the
     /// directory goes. Whatever state the sandbox is in, afterwards nothing
     /// of it is left.
@@ -414,23 +405,10 @@ impl Drop for Sandbox {
 /// Whether the agent accepts a connection on `port` of the guest behind
 /// the hybrid socket `vsock`.
 fn agent_answers(vsock: &Path, port: u32) -> bool {
-    let Ok(mut stream) = UnixStream::connect(vsock) else {
-        return false;
-    };
-    if stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .is_err()
-        || stream
-            .write_all(format!("CONNECT {port}\n").as_bytes())
-            .is_err()
-    {
-        return false;
-    }
-    let mut line = String::new();
-    matches!(BufReader::new(stream).read_line(&mut line), Ok(n) if n > 0) && line.starts_with("OK ")
+    connect_port(vsock, port).is_some()
 }
 
-/// SIGTERM to `ferry`, up to `grace` + 1 s for it to end, then SIGKILL to
+/// SIGTERM to `ferry`, up to `grace` + 0.2 s for it to end, then SIGKILL to
 /// its process group; waits for ferry and reaps what else of the group
 /// ends up as this process's child (passt, with the service a subreaper).
 fn stop_process_group(ferry: &mut Child, pgid: libc::pid_t, grace: Duration) -> String {
@@ -441,7 +419,7 @@ fn stop_process_group(ferry: &mut Child, pgid: libc::pid_t, grace: Duration) -> 
     let mut status = None;
     if !grace.is_zero() {
         signal(pgid, libc::SIGTERM);
-        let deadline = Instant::now() + grace + Duration::from_secs(1);
+        let deadline = Instant::now() + grace + Duration::from_millis(200);
         while Instant::now() < deadline {
             if let Ok(Some(s)) = ferry.try_wait() {
                 status = Some(s);
@@ -455,17 +433,51 @@ fn stop_process_group(ferry: &mut Child, pgid: libc::pid_t, grace: Duration) -> 
         Some(s) => Ok(s),
         None => ferry.wait(),
     };
-    // The rest of the group (passt): gone once no member is left.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while signal(-pgid, 0) == 0 && Instant::now() < deadline {
-        signal(-pgid, libc::SIGKILL);
-        // SAFETY: waitpid on our own process group with a valid pointer.
-        unsafe { libc::waitpid(-pgid, std::ptr::null_mut(), libc::WNOHANG) };
-        std::thread::sleep(Duration::from_millis(5));
+    // The rest of the group (passt, this process's child once ferry is
+    // gone): reaped here for a moment, then by a thread of its own (a passt
+    // that holds a socket for every port takes a while to close them).
+    let started = Instant::now();
+    if !reap_group(pgid, started + GROUP_REAP_WAIT) {
+        let spawned = std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || {
+                while !reap_group(pgid, Instant::now() + Duration::from_secs(60)) {}
+                log::info!(
+                    "process group {pgid}: its last process ended {:.1} s after the stop",
+                    started.elapsed().as_secs_f64()
+                );
+            });
+        if let Err(e) = spawned {
+            log::warn!("process group {pgid}: cannot start a reaper: {e}");
+        }
     }
     match status {
         Ok(s) => s.to_string(),
         Err(e) => format!("cannot wait for it: {e}"),
+    }
+}
+
+/// How long StopVM itself waits for the rest of a sandbox's process group.
+const GROUP_REAP_WAIT: Duration = Duration::from_millis(300);
+
+/// Kills and reaps what is left of process group `pgid` until none of it
+/// is left (true) or `deadline` passes (false).
+fn reap_group(pgid: libc::pid_t, deadline: Instant) -> bool {
+    loop {
+        // SAFETY: kill and waitpid have no memory-safety preconditions;
+        // waitpid gets a null status pointer, which it accepts.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+            while libc::waitpid(-pgid, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            // No member left, not even a zombie.
+            if libc::kill(-pgid, 0) != 0 {
+                return true;
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -81,7 +81,7 @@ pub fn clean_runtime_dir(dir: &Path) -> Result<(), ServerError> {
 }
 
 /// Whether `path` is a directory a sandbox made: named by a valid id,
-/// holding only `agent.sock`, `vsock.sock` and `vsock.sock_<port>`.
+/// holding only `agent.sock` and `vsock.sock`.
 fn is_sandbox_dir(path: &Path) -> bool {
     let named_by_id = path
         .file_name()
@@ -145,9 +145,40 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     signal
 }
 
+/// Raises the open-file limit as far as this process may (the kernel's
+/// `nr_open` for root, else the hard limit): the sandboxes' passt inherit
+/// it, and passt forwarding every port of a pod (`-t all -u all`) holds a
+/// socket per port and family.
+fn raise_file_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let hard = limit.rlim_max.max(nr_open.unwrap_or(0));
+    for max in [hard, limit.rlim_max] {
+        let wanted = libc::rlimit {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        // SAFETY: setrlimit only reads the valid struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            log::info!("open-file limit {max} (passt forwards each port with its own sockets)");
+            return;
+        }
+    }
+}
+
 /// Runs the service until SIGTERM or SIGINT.
 pub fn run(config: Config, socket: &Path, runtime_dir: &Path) -> Result<(), ServerError> {
     let signals = block_stop_signals()?;
+    raise_file_limit();
     // Orphaned passt processes (their ferry killed) come back to this
     // process, which reaps them when it stops their sandbox.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
