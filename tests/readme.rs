@@ -124,3 +124,25 @@ fn the_demo_shell_runs_where_kvm_boots_stock_guests_and_says_why_not_elsewhere()
         assert!(stdout.contains("shell-42"), "{stdout}");
     }
 }
+
+/// The README's ferry-kata configuration is valid and shows every default
+/// as ferry-kata has it.
+#[test]
+fn the_readme_kata_configuration_shows_the_defaults() {
+    use ferry_kata::config::Config;
+    let text = readme::read().unwrap();
+    let block = readme::tested_block(&text, "kata-config").expect("the kata-config block");
+    let shown = Config::parse(&block)
+        .and_then(Config::check)
+        .unwrap_or_else(|e| panic!("README's kata-config: {e}"));
+    let minimal = format!(
+        "kernel = {:?}\ninitrd = {:?}\n",
+        shown.kernel,
+        shown.initrd.clone().expect("the example names an initrd")
+    );
+    let defaults = Config::parse(&minimal).and_then(Config::check).unwrap();
+    assert_eq!(
+        shown, defaults,
+        "README's kata-config differs from ferry-kata's defaults"
+    );
+}

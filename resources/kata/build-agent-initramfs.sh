@@ -5,8 +5,11 @@
 # build-agent.sh (which it runs first):
 #
 #   <dir>/initramfs.cpio.gz  /init (a busybox sh script: loads the virtio and
-#                            vsock modules, then execs kata-agent, which so
-#                            runs as PID 1 in its "init" mode), busybox,
+#                            vsock modules, takes a DHCP lease on eth0 if
+#                            the VM has a network card (passt hands out the
+#                            address of the namespace it runs in), then
+#                            execs kata-agent, which so runs as PID 1 in its
+#                            "init" mode), busybox,
 #                            /usr/bin/kata-agent with the shared libraries it
 #                            links (from this machine's glibc), the modules
 #   <dir>/vmlinuz            the Debian cloud kernel those modules belong to
@@ -72,7 +75,7 @@ fi
 [ -n "$pkg" ] || die "cannot resolve linux-image-cloud-amd64"
 
 modules="virtio virtio_ring virtio_pci virtio_mmio failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
-stamp="$pkg $(sha256sum "$self" /bin/busybox "$dir/kata-agent" | sha256sum | cut -c1-16) $modules"
+stamp="$pkg $(sha256sum "$self" "$repo/resources/udhcpc.script" /bin/busybox "$dir/kata-agent" | sha256sum | cut -c1-16) $modules"
 
 report() {
   if [ "$print_dir" = yes ]; then
@@ -110,7 +113,9 @@ depmod -b "$tmp/x" "$kver"
 root=$tmp/root
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,run,etc,lib/modules,usr/bin}
 cp /bin/busybox "$root/bin/busybox"
-for l in sh insmod mount ls cat echo mkdir poweroff; do ln -s busybox "$root/bin/$l"; done
+for l in sh insmod mount ls cat echo mkdir poweroff ip udhcpc ifconfig route; do ln -s busybox "$root/bin/$l"; done
+cp "$repo/resources/udhcpc.script" "$root/etc/udhcpc.script"
+chmod +x "$root/etc/udhcpc.script"
 echo kata > "$root/etc/hostname"
 printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
 printf 'root:x:0:\n' > "$root/etc/group"
@@ -163,11 +168,17 @@ done > "$root/lib/modules/order"
 # nothing is mounted here, so that its own mounts find the places free).
 cat > "$root/init" <<'EOF'
 #!/bin/sh
-# Loads the virtio and vsock modules, then becomes kata-agent (PID 1).
+# Loads the virtio and vsock modules, takes a DHCP lease on eth0 if there
+# is one, then becomes kata-agent (PID 1).
 export PATH=/usr/bin:/bin:/sbin:/usr/sbin
 while read -r m; do
   insmod "/lib/modules/$m" || echo "init: insmod $m failed"
 done < /lib/modules/order
+if ip link set eth0 up 2>/dev/null; then
+  # Up to a minute: passt may still be opening its forwarded ports.
+  udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 60 -T 1 >/dev/null 2>&1 \
+    && echo "init: eth0 $(ip -4 -o addr show eth0)" || echo "init: DHCP on eth0 failed"
+fi
 exec /usr/bin/kata-agent
 EOF
 chmod +x "$root/init"
