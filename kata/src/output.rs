@@ -91,7 +91,7 @@ impl AgentLog {
             .name("agent-log".into())
             .spawn(move || {
                 while !stopped.load(Ordering::Acquire) {
-                    if let Some(stream) = connect_port(&vsock, port) {
+                    if let Some(stream) = connect_port(&vsock, port, Duration::from_secs(2)) {
                         log::debug!("sandbox {id}: following the agent's log (vsock port {port})");
                         pump_lines(&id, "agent", stream, None);
                         return;
@@ -110,10 +110,10 @@ impl Drop for AgentLog {
 }
 
 /// Connects to guest `port` behind the hybrid socket `vsock`: the stream
-/// once ferry answered `OK`, or None.
-pub fn connect_port(vsock: &Path, port: u32) -> Option<UnixStream> {
+/// once ferry answered `OK` (within `patience`), or None.
+pub fn connect_port(vsock: &Path, port: u32, patience: Duration) -> Option<UnixStream> {
     let mut stream = UnixStream::connect(vsock).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.set_read_timeout(Some(patience)).ok()?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .ok()?;

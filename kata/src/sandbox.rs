@@ -149,6 +149,9 @@ pub fn ferry_cmdline(ferry: &Path, transport: &str) -> Result<String, SandboxErr
 #[derive(Debug)]
 struct Running {
     ferry: Child,
+    /// ferry's children (passt), noted once the VM runs: if ferry dies
+    /// first, they are this process's to reap.
+    children: Vec<libc::pid_t>,
     console: Arc<ConsoleTail>,
     _agent_log: Option<AgentLog>,
 }
@@ -306,12 +309,16 @@ impl Sandbox {
         }
         self.state = State::Running(Running {
             ferry,
+            children: Vec::new(),
             console,
             _agent_log: agent_log,
         });
         let started = Instant::now();
         match self.wait_for_agent(config.agent_port, deadline) {
             Ok(()) => {
+                if let State::Running(running) = &mut self.state {
+                    running.children = children_of(running.ferry.id() as libc::pid_t);
+                }
                 log::info!(
                     "sandbox {}: the agent answers ({:.2} s after ferry started)",
                     self.id,
@@ -345,7 +352,7 @@ impl Sandbox {
                     console: running.console.text(),
                 });
             }
-            if agent_answers(&vsock, port) {
+            if agent_answers(&vsock, port, deadline) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -365,10 +372,8 @@ impl Sandbox {
     /// directory goes. Whatever state the sandbox is in, afterwards nothing
     /// of it is left.
     pub fn stop(&mut self, grace: Duration) {
-        if let State::Running(mut running) = std::mem::replace(&mut self.state, State::Stopped) {
-            let pid = running.ferry.id() as libc::pid_t;
-            let status = stop_process_group(&mut running.ferry, pid, grace);
-            log::info!("sandbox {}: ferry {pid} ended ({status})", self.id);
+        if let State::Running(running) = std::mem::replace(&mut self.state, State::Stopped) {
+            stop_processes(&self.id, running.ferry, grace, &running.children);
         }
         self.state = State::Stopped;
         match std::fs::remove_dir_all(&self.dir) {
@@ -403,76 +408,140 @@ impl Drop for Sandbox {
 }
 
 /// Whether the agent accepts a connection on `port` of the guest behind
-/// the hybrid socket `vsock`.
-fn agent_answers(vsock: &Path, port: u32) -> bool {
-    connect_port(vsock, port).is_some()
+/// the hybrid socket `vsock`, asked so as to be answered by `deadline`.
+fn agent_answers(vsock: &Path, port: u32, deadline: Instant) -> bool {
+    let patience = deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(10), Duration::from_secs(2));
+    connect_port(vsock, port, patience).is_some()
 }
 
-/// SIGTERM to `ferry`, up to `grace` + 0.2 s for it to end, then SIGKILL to
-/// its process group; waits for ferry and reaps what else of the group
-/// ends up as this process's child (passt, with the service a subreaper).
-fn stop_process_group(ferry: &mut Child, pgid: libc::pid_t, grace: Duration) -> String {
+/// Stops sandbox `id`'s processes: SIGTERM to `ferry` (it presses
+/// Ctrl-Alt-Del and gives the guest its own grace), up to `grace` for it to
+/// end, then SIGKILL to it and to its children (those it has now and
+/// `known_children`: passt, in a process group of its own and no longer
+/// under a parent-death signal once it dropped privileges). Every process
+/// has been told to die when this returns; they are reaped here for a
+/// moment, then by a thread of their own (a passt holding a socket for
+/// every port takes a while to close them), so that StopVM stays within
+/// runtime-rs's 1 s.
+fn stop_processes(id: &str, mut ferry: Child, grace: Duration, known_children: &[libc::pid_t]) {
+    let pid = ferry.id() as libc::pid_t;
+    let mut children = children_of(pid);
+    for &child in known_children {
+        if !children.contains(&child) {
+            children.push(child);
+        }
+    }
     let signal = |pid: libc::pid_t, sig| {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid, sig) }
     };
-    let mut status = None;
+    let mut ended = false;
     if !grace.is_zero() {
-        signal(pgid, libc::SIGTERM);
-        let deadline = Instant::now() + grace + Duration::from_millis(200);
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = ferry.try_wait() {
-                status = Some(s);
-                break;
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while !ended && Instant::now() < deadline {
+            ended = matches!(ferry.try_wait(), Ok(Some(_)));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    if !ended {
+        signal(-pid, libc::SIGKILL);
+    }
+    // Only processes that are still ferry's or already this process's:
+    // a pid reused by someone else is left alone.
+    children.retain(|&child| matches!(parent_of(child), Some(p) if p == pid || p == own_pid()));
+    for &child in &children {
+        signal(child, libc::SIGKILL);
+    }
+    let stopped = Instant::now();
+    let mut reap_all = move |deadline: Instant| -> bool {
+        let ferry_done = loop {
+            match ferry.try_wait() {
+                Ok(Some(_)) | Err(_) => break true,
+                Ok(None) if Instant::now() >= deadline => break false,
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    signal(-pgid, libc::SIGKILL);
-    let status = match status {
-        Some(s) => Ok(s),
-        None => ferry.wait(),
+        };
+        children.retain(|&child| !reap(child, pid, deadline));
+        ferry_done && children.is_empty()
     };
-    // The rest of the group (passt, this process's child once ferry is
-    // gone): reaped here for a moment, then by a thread of its own (a passt
-    // that holds a socket for every port takes a while to close them).
-    let started = Instant::now();
-    if !reap_group(pgid, started + GROUP_REAP_WAIT) {
-        let spawned = std::thread::Builder::new()
-            .name("reaper".into())
-            .spawn(move || {
-                while !reap_group(pgid, Instant::now() + Duration::from_secs(60)) {}
-                log::info!(
-                    "process group {pgid}: its last process ended {:.1} s after the stop",
-                    started.elapsed().as_secs_f64()
-                );
-            });
-        if let Err(e) = spawned {
-            log::warn!("process group {pgid}: cannot start a reaper: {e}");
-        }
+    if reap_all(stopped + REAP_WAIT) {
+        log::info!("sandbox {id}: ferry {pid} and its children ended");
+        return;
     }
-    match status {
-        Ok(s) => s.to_string(),
-        Err(e) => format!("cannot wait for it: {e}"),
+    let id = id.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            while !reap_all(Instant::now() + Duration::from_secs(60)) {}
+            log::info!(
+                "sandbox {id}: ferry {pid} and its children ended {:.1} s after the stop",
+                stopped.elapsed().as_secs_f64()
+            );
+        });
+    if let Err(e) = spawned {
+        log::warn!("sandbox: cannot start a reaper for ferry {pid}: {e}");
     }
 }
 
-/// How long StopVM itself waits for the rest of a sandbox's process group.
-const GROUP_REAP_WAIT: Duration = Duration::from_millis(300);
+/// How long StopVM itself waits for the killed processes to be reaped.
+const REAP_WAIT: Duration = Duration::from_millis(100);
 
-/// Kills and reaps what is left of process group `pgid` until none of it
-/// is left (true) or `deadline` passes (false).
-fn reap_group(pgid: libc::pid_t, deadline: Instant) -> bool {
+/// This process's pid.
+fn own_pid() -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// The children of process `pid` (every thread's).
+fn children_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<libc::pid_t>>()
+        })
+        .collect()
+}
+
+/// Process `pid`'s parent, if `pid` exists.
+fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// Kills and reaps `pid`, a child of ferry (`ferry`), once it is this
+/// process's child (ferry gone, the service a subreaper): true once it is
+/// gone or belongs to someone else, false if it is still there at
+/// `deadline`.
+fn reap(pid: libc::pid_t, ferry: libc::pid_t, deadline: Instant) -> bool {
     loop {
-        // SAFETY: kill and waitpid have no memory-safety preconditions;
-        // waitpid gets a null status pointer, which it accepts.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-            while libc::waitpid(-pgid, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
-            // No member left, not even a zombie.
-            if libc::kill(-pgid, 0) != 0 {
-                return true;
+        match parent_of(pid) {
+            None => return true,
+            Some(parent) if parent == own_pid() => {
+                // SAFETY: kill and waitpid have no memory-safety
+                // preconditions; waitpid accepts a null status pointer.
+                let reaped = unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG)
+                };
+                if reaped == pid {
+                    return true;
+                }
             }
+            // Still ferry's: ferry is on its way out.
+            Some(parent) if parent == ferry => {}
+            Some(_) => return true,
         }
         if Instant::now() >= deadline {
             return false;

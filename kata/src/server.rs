@@ -98,10 +98,10 @@ fn is_sandbox_dir(path: &Path) -> bool {
         })
 }
 
-/// Binds the service's socket at `path`: a socket file nobody answers on
-/// (a killed service's) is replaced; one a live service answers on is
-/// refused.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
+/// Makes sure the socket path is free for this service: a socket file
+/// nobody answers on (a killed service's) is removed; one a live service
+/// answers on is refused.
+pub fn claim_socket(path: &Path) -> Result<(), ServerError> {
     let err = |source| ServerError::Bind {
         path: path.to_owned(),
         source,
@@ -116,7 +116,15 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
         log::warn!("replacing the stale socket {}", path.display());
         std::fs::remove_file(path).map_err(err)?;
     }
-    UnixListener::bind(path).map_err(err)
+    Ok(())
+}
+
+/// Binds the service's socket at `path` (claimed first).
+pub fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
+    UnixListener::bind(path).map_err(|source| ServerError::Bind {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Blocks SIGTERM and SIGINT in this thread (and so in every thread it
@@ -185,9 +193,12 @@ pub fn run(config: Config, socket: &Path, runtime_dir: &Path) -> Result<(), Serv
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
         return Err(ServerError::Setup(std::io::Error::last_os_error()));
     }
+    // Leftovers go before the socket appears: a client that can connect
+    // finds a clean service.
+    claim_socket(socket)?;
+    clean_runtime_dir(runtime_dir)?;
     let listener = bind_socket(socket)?;
     let guard = SocketFile(socket.to_owned());
-    clean_runtime_dir(runtime_dir)?;
     let launcher = Launcher::start().map_err(ServerError::Setup)?;
     let service = Arc::new(Service::new(config, runtime_dir.to_owned(), launcher));
     let mut server = ttrpc::Server::new()

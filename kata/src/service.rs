@@ -127,8 +127,8 @@ impl Service {
             .map_err(|_| status(Code::INTERNAL, format!("sandbox {id} is poisoned")))?;
         let mut wait = Duration::from_secs_f64(self.config.start_timeout);
         if let Some(timeout) = timeout {
-            // Leave the runtime time to read the answer.
-            wait = wait.min(timeout.saturating_sub(Duration::from_millis(500)));
+            // Leave time to stop the VM and for the runtime to read why.
+            wait = wait.min(timeout.saturating_sub(Duration::from_secs(1)));
         }
         sandbox
             .start(&self.config, &self.launcher, Instant::now() + wait)
