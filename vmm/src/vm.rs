@@ -14,7 +14,7 @@ use ferry_boot::layout::{
     IRQ_MAX, KVM_TSS_ADDR, PCI_MMIO_SIZE, PCI_MMIO_START, PVPANIC_ADDR, VIRTIO_IRQ_START,
     VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
-use ferry_boot::{bootparams, kernel, regs, GuestMemory};
+use ferry_boot::{bootparams, kernel, mptable, regs, GuestMemory};
 use ferry_devices::bus::{self, Bus};
 use ferry_devices::control::{AcpiSleep, BootMarker, ExitStatus, PvPanic};
 use ferry_devices::irq::IrqLine;
@@ -69,6 +69,9 @@ pub enum Error {
     /// The ACPI tables could not be written.
     #[error(transparent)]
     Acpi(#[from] acpi::Error),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
     /// The boot page tables could not be written.
     #[error(transparent)]
     BootTables(#[from] regs::Error),
@@ -118,6 +121,7 @@ impl Error {
                     bootparams::Error::CmdlineTooLong { .. } | bootparams::Error::CmdlineInvalid
                 )
                 | Error::Acpi(acpi::Error::TooManyCpus(_))
+                | Error::MpTable(mptable::Error::Cpus(_))
                 | Error::ConsoleOutput(_)
                 | Error::Vsock(_)
                 | Error::Passt(
@@ -562,6 +566,10 @@ impl Vm {
             &devices.acpi,
             devices.pci_host_bridge().as_ref(),
         )?;
+        // The MP table on every boot, next to the ACPI tables: a guest
+        // booted with acpi=off (as Kata boots Firecracker guests) finds its
+        // CPUs and IOAPIC there; one reading ACPI ignores it.
+        mptable::write_mptable(&mem, config.cpus)?;
         regs::write_boot_tables(&mem)?;
 
         let raw_terminal = if config.console == Console::Stdio {
