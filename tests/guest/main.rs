@@ -37,6 +37,7 @@ mod harness;
 mod api;
 mod basics;
 mod disk;
+mod kata_boot;
 mod net;
 mod readme;
 mod transport;
