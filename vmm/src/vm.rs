@@ -22,7 +22,9 @@ use ferry_devices::legacy::{i8042, serial, Serial, I8042};
 use ferry_devices::pci::{self, msix::MsiSink, PciRoot};
 use ferry_devices::virtio::block::{BackingHandle, Block, BlockStats, SwapError};
 use ferry_devices::virtio::mmio::{self, MmioTransport};
-use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig, NetStats};
+use ferry_devices::virtio::net::{
+    self as virtio_net, Net as VirtioNet, NetBackend, NetConfig, NetStats,
+};
 use ferry_devices::virtio::pci::{self as virtio_pci, VirtioPci};
 use ferry_devices::virtio::vsock::{Vsock as VirtioVsock, VsockError, VsockStats};
 use ferry_devices::virtio::{Interrupt, VirtioDevice};
@@ -312,7 +314,7 @@ fn add_network(
             mac: *mac,
             mtu: virtio_net::DEFAULT_MTU,
         },
-        stream,
+        NetBackend::passt(stream),
     );
     let link = PasstLink {
         passt,
