@@ -125,6 +125,7 @@ fn tap_static_address_ping_and_64_mib_each_way() -> TestResult {
          nc -l -p 5000 -e sh -c 'cat > /tmp/rx'; echo rx-bytes=$(wc -c < /tmp/rx); sha256sum /tmp/rx"
     );
     let out = Boot::new(&cmd)
+        .kernel_args("ferry.dhcp=off")
         .in_netns(&ns.name)
         .args(&["--memory", "512", "--net", &format!("tap:{TAP}")])
         .timeout(TIMEOUT)
