@@ -124,7 +124,11 @@ impl Tap {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
-            .map_err(attach)?;
+            .map_err(|source| TapError::Attach {
+                name: name.to_string(),
+                hint: " (ferry may not open /dev/net/tun)",
+                source,
+            })?;
         let mut req = IfReq {
             name: [0; 16],
             flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
