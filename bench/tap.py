@@ -6,8 +6,8 @@ moves the frames) and vhost=on (the kernel's vhost-net does), same kernel,
 same initramfs (resources/out/initramfs-bench.cpio.gz), one TAP made here
 and handed to each VMM in turn. Runs alternate between the VMMs.
 
-The TAP (ferrybench0) carries 10.78.0.1/24 on the host; the guest takes
-10.78.0.2 (ferry.dhcp=off: no DHCP server behind a TAP). Each run boots the
+The TAP (ferrybench0) carries 198.18.1.1/24 on the host; the guest takes
+198.18.1.2 (ferry.dhcp=off: no DHCP server behind a TAP). Each run boots the
 guest once and runs iperf3 against a server on the TAP's address:
   tx1/rx1   TCP guest->host and host->guest (-R), 1 stream
   tx4/rx4   the same with 4 streams
@@ -36,8 +36,8 @@ import vmms  # noqa: E402
 from bench import parse_iperf  # noqa: E402
 
 TAP = "ferrybench0"
-HOST_IP = "10.78.0.1"
-GUEST_IP = "10.78.0.2"
+HOST_IP = "198.18.1.1"
+GUEST_IP = "198.18.1.2"
 MEM_MIB = 512
 IPERF_PORT = 5211
 INITRD = vmms.BENCH_INITRD

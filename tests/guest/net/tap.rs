@@ -16,9 +16,9 @@ use crate::common::Outcome;
 use crate::harness::{check, guest_test, Boot, TestResult, WATCHDOG};
 
 /// The namespace's end of the TAP.
-const PEER: &str = "10.77.0.1";
+const PEER: &str = "198.18.0.1";
 /// The guest's address.
-const GUEST: &str = "10.77.0.2";
+const GUEST: &str = "198.18.0.2";
 /// The TAP's name in the namespace.
 const TAP: &str = "tap0";
 /// One boot moves 64 MiB each way (the passt tests take a boot per
