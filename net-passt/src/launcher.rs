@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Starting and stopping passt: a `socketpair`, one end inherited by
 //! `passt -f -F FD` (foreground, one-off: it exits when ferry's end
-//! closes), passt's messages forwarded to ferry's log, and no passt left
-//! behind when ferry exits or dies.
+//! closes), passt's messages forwarded to ferry's log, the guest held back
+//! until passt is ready (it writes its `--pid` file once its sockets are
+//! open and it is about to serve), and no passt left behind when ferry
+//! exits or dies.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -70,6 +72,18 @@ pub struct Passt {
 /// How long passt gets to exit on its own once ferry's end of the socket closes.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
+/// How long ferry waits for passt to be ready before it lets the guest run
+/// anyway (passt forwarding every port opens ~98k sockets first: a fraction
+/// of a second on a real machine, tens of seconds under emulation).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A name for passt's pid file, unique in this process.
+fn pid_file_path() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("ferry-passt-{}-{n}.pid", std::process::id()))
+}
+
 impl Passt {
     /// Starts passt on one end of a new socket pair and returns ferry's end.
     pub fn start(config: &PasstConfig) -> Result<(Self, UnixStream), Error> {
@@ -77,8 +91,12 @@ impl Passt {
             .ok_or_else(|| Error::NotFound(config.binary.display().to_string()))?;
         let (ours, theirs) = socket_pair().map_err(Error::SocketPair)?;
         let fd = theirs.as_raw_fd();
+        let pid_file = pid_file_path();
+        let _ = std::fs::remove_file(&pid_file);
         let mut cmd = Command::new(&binary);
         cmd.args(["-f", "-F", &fd.to_string()])
+            .arg("--pid")
+            .arg(&pid_file)
             .args(&config.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -117,12 +135,39 @@ impl Passt {
             child,
             status: None,
         };
-        // A bad option makes passt exit at once: say so before the guest starts.
-        std::thread::sleep(Duration::from_millis(20));
-        if let Some(status) = passt.exited() {
-            return Err(Error::EarlyExit(status));
+        // The guest waits for passt: frames it sent before passt serves (a
+        // DHCP request, a router solicitation) would be answered late or
+        // never. A bad option makes passt exit at once: say so instead.
+        let started = Instant::now();
+        let ready = passt.wait_until_ready(&pid_file, started + READY_TIMEOUT);
+        let _ = std::fs::remove_file(&pid_file);
+        match ready {
+            Err(status) => return Err(Error::EarlyExit(status)),
+            Ok(true) => log::debug!("passt ready after {:.3} s", started.elapsed().as_secs_f64()),
+            Ok(false) => log::warn!(
+                "passt not ready after {} s (no pid file at {}); starting the guest anyway",
+                READY_TIMEOUT.as_secs(),
+                pid_file.display()
+            ),
         }
         Ok((passt, ours))
+    }
+
+    /// Waits until passt has written its pid file (true), `deadline`
+    /// passes (false) or passt exits (its status).
+    fn wait_until_ready(&mut self, pid_file: &Path, deadline: Instant) -> Result<bool, ExitStatus> {
+        loop {
+            if let Some(status) = self.exited() {
+                return Err(status);
+            }
+            if std::fs::metadata(pid_file).is_ok_and(|m| m.len() > 0) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// passt's process id.
@@ -290,8 +335,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ferry-launcher-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("echo-peer");
-        // Arguments: -f -F FD. Echo what comes in on FD back out on FD.
-        std::fs::write(&script, "#!/bin/sh\nexec cat <&$3 >&$3\n").unwrap();
+        // Arguments: -f -F FD --pid FILE. Ready at once (the pid file), then
+        // echo what comes in on FD back out on FD.
+        std::fs::write(&script, "#!/bin/sh\necho $$ > \"$5\"\nexec cat <&$3 >&$3\n").unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let config = PasstConfig {
