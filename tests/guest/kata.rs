@@ -68,13 +68,15 @@ struct Pod {
     name: String,
     far: String,
     address: String,
+    address6: String,
     server_log: PathBuf,
     server: Option<Child>,
 }
 
 impl Pod {
-    /// Pod `n`: address 198.51.100.(10+n)/24, gateway 198.51.100.1, a
-    /// server on SERVER:SERVER_PORT beyond it.
+    /// Pod `n`: addresses 198.51.100.(10+n)/24 and 2001:db8:1::(10+n)/64,
+    /// gateways 198.51.100.1 and 2001:db8:1::1, a server on
+    /// SERVER:SERVER_PORT beyond them.
     fn new(n: u8, scratch: &Scratch) -> TestResult<Self> {
         let name = format!("ferry-pod{n}");
         let far = format!("ferry-far{n}");
@@ -84,6 +86,7 @@ impl Pod {
         }
         let mut pod = Pod {
             address: format!("198.51.100.{}", 10 + n),
+            address6: format!("2001:db8:1::{}", 10 + n),
             server_log: scratch.path(&format!("server{n}.log")),
             name,
             far,
@@ -97,50 +100,27 @@ impl Pod {
         sh(&["ip", "link", "set", &b, "netns", &f])?;
         sh(&["ip", "-n", &p, "link", "set", &a, "name", "eth0"])?;
         sh(&["ip", "-n", &f, "link", "set", &b, "name", "veth0"])?;
-        sh(&[
-            "ip",
-            "-n",
-            &p,
-            "addr",
-            "add",
-            &format!("{}/24", pod.address),
-            "dev",
-            "eth0",
-        ])?;
-        sh(&["ip", "-n", &p, "link", "set", "eth0", "up"])?;
-        sh(&["ip", "-n", &p, "link", "set", "lo", "up"])?;
-        sh(&[
-            "ip",
-            "-n",
-            &p,
-            "route",
-            "add",
-            "default",
-            "via",
-            "198.51.100.1",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &f,
-            "addr",
-            "add",
-            "198.51.100.1/24",
-            "dev",
-            "veth0",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &f,
-            "addr",
-            "add",
-            &format!("{SERVER}/32"),
-            "dev",
-            "lo",
-        ])?;
-        sh(&["ip", "-n", &f, "link", "set", "veth0", "up"])?;
-        sh(&["ip", "-n", &f, "link", "set", "lo", "up"])?;
+        let ip = |ns: &str, args: &str| -> TestResult {
+            let mut argv = vec!["ip", "-n", ns];
+            argv.extend(args.split_whitespace());
+            sh(&argv).map(drop)
+        };
+        let (v4, v6) = (&pod.address, &pod.address6);
+        for (ns, args) in [
+            (&p, format!("addr add {v4}/24 dev eth0")),
+            (&p, format!("addr add {v6}/64 dev eth0 nodad")),
+            (&p, "link set eth0 up".into()),
+            (&p, "link set lo up".into()),
+            (&p, "route add default via 198.51.100.1".into()),
+            (&p, "-6 route add default via 2001:db8:1::1".into()),
+            (&f, "addr add 198.51.100.1/24 dev veth0".into()),
+            (&f, "addr add 2001:db8:1::1/64 dev veth0 nodad".into()),
+            (&f, format!("addr add {SERVER}/32 dev lo")),
+            (&f, "link set veth0 up".into()),
+            (&f, "link set lo up".into()),
+        ] {
+            ip(ns, &args)?;
+        }
         let www = scratch.path(&format!("www{n}"));
         std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
         std::fs::write(www.join("hello"), "hello from beyond the pod\n")
@@ -164,18 +144,19 @@ impl Pod {
         format!("/var/run/netns/{}", self.name)
     }
 
-    /// Fetches `http://<pod address>:<port>/<path>` from the far side.
-    fn fetch_from_far_side(&self, port: u16, path: &str) -> TestResult<String> {
+    /// Fetches `http://<host>:<port>/<path>` from the far side (`host`: the
+    /// pod's IPv4 address, or its IPv6 one in brackets).
+    fn fetch_from_far_side(&self, host: &str, port: u16, path: &str) -> TestResult<String> {
         sh(&[
             "ip",
             "netns",
             "exec",
             &self.far,
             "curl",
-            "-sS",
+            "-gsS",
             "--max-time",
             "20",
-            &format!("http://{}:{port}/{path}", self.address),
+            &format!("http://{host}:{port}/{path}"),
         ])
     }
 
@@ -525,7 +506,8 @@ fn guest_job() -> String {
     format!(
         "quiet -- \"dmesg -n 1; \
          ip -4 addr show eth0 | grep -q inet || udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 60 -T 1; \
-         mkdir -p /tmp/www; ip -4 -o addr show eth0 > /tmp/www/addr; \
+         mkdir -p /tmp/www; ip -o addr show eth0 > /tmp/www/addr; \
+         (while sleep 1; do ip -o addr show eth0 > /tmp/www/addr.new; mv /tmp/www/addr.new /tmp/www/addr; done) & \
          httpd -p {GUEST_HTTP_PORT} -h /tmp/www; \
          wget -q -O /dev/null http://{SERVER}:{SERVER_PORT}/hello-from-guest; \
          ft vsock-echo 1024\""
@@ -602,13 +584,35 @@ fn kata_plugin_runs_three_pods_each_in_its_own_network_namespace() -> TestResult
 
         for (i, (pod, socket)) in pods.iter().zip(&sockets).enumerate() {
             agent_echo(socket, &format!("hello agent {}", i + 1))?;
-            let addr = pod.fetch_from_far_side(GUEST_HTTP_PORT, "addr")?;
+            let addr = pod.fetch_from_far_side(&pod.address, GUEST_HTTP_PORT, "addr")?;
             if !addr.contains(&format!(" inet {}/24 ", pod.address)) {
                 return Err(format!(
                     "{}: the guest's address is {addr:?}, not the pod's {}/24",
                     pod.name, pod.address
                 )
                 .into());
+            }
+            // IPv6: passt's router advertisement gives the guest the pod's
+            // prefix (SLAAC), and the pod's IPv6 address reaches it too.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let v6 = format!("[{}]", pod.address6);
+            loop {
+                // Refused until the guest has its address (then passt's
+                // connection to it is reset): retried.
+                let addr = pod
+                    .fetch_from_far_side(&v6, GUEST_HTTP_PORT, "addr")
+                    .unwrap_or_else(|e| e.to_string());
+                if addr.contains(" inet6 2001:db8:1:") && addr.contains("scope global") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{}: no global IPv6 address in the guest: {addr:?}",
+                        pod.name
+                    )
+                    .into());
+                }
+                std::thread::sleep(Duration::from_secs(1));
             }
             pod.server_saw("/hello-from-guest", Duration::from_secs(30))?;
         }
