@@ -2,7 +2,7 @@
 //! The guest physical address map.
 //!
 //! ```text
-//! 0x0000_0500  GDT, then IDT              0x0009_fc00  EBDA (reserved)
+//! 0x0000_0500  GDT, then IDT              0x0009_fc00  EBDA (reserved): MP table
 //! 0x0000_7000  zero page (boot_params)    0x000e_0000  ACPI tables (RSDP first)
 //! 0x0000_8ff0  boot stack (grows down)    0x0010_0000  kernel, then RAM
 //! 0x0000_9000  page tables (PML4,PDPT,PD) 0xd000_0000  MMIO gap: ferry's devices
@@ -31,6 +31,9 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the extended BIOS data area: low RAM ends here.
 pub const EBDA_START: u64 = 0x9_fc00;
+/// Where the MP table is written, its floating pointer first: the last KiB
+/// of base memory, where Linux looks for it (inside the reserved EBDA).
+pub const MPTABLE_START: u64 = EBDA_START;
 /// Where the ACPI tables are written, RSDP first.
 pub const ACPI_START: u64 = 0xe_0000;
 /// End (exclusive) of the window the ACPI tables must fit in.

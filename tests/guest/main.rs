@@ -38,6 +38,7 @@ mod api;
 mod basics;
 mod disk;
 mod kata;
+mod kata_boot;
 mod net;
 mod readme;
 mod transport;

@@ -40,9 +40,12 @@ pub struct Cli {
     pub print_cmdline: bool,
 
     /// Where virtio devices sit: `pci` (PCI bus 0, MSI-X interrupts) or
-    /// `mmio` (virtio-mmio windows in the DSDT, for kernels without PCI).
-    #[arg(long, value_name = "pci|mmio", value_enum, default_value_t = Transport::Pci, hide_possible_values = true)]
-    pub virtio: Transport,
+    /// `mmio` (virtio-mmio windows in the DSDT and on the kernel command
+    /// line, for kernels without PCI). Default: `mmio` if the kernel
+    /// command line has `pci=off` (as Firecracker's users and Kata write
+    /// it), else `pci`.
+    #[arg(long, value_name = "pci|mmio", value_enum, hide_possible_values = true)]
+    pub virtio: Option<Transport>,
 
     /// Number of vCPUs (1-254).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_CPUS)]
@@ -143,7 +146,8 @@ pub struct Cli {
 pub enum Transport {
     /// virtio-pci on PCI bus 0, with MSI-X interrupts.
     Pci,
-    /// virtio-mmio windows described in the DSDT, one interrupt line each.
+    /// virtio-mmio windows, one interrupt line each, described in the DSDT
+    /// and as `virtio_mmio.device=` on the kernel command line.
     Mmio,
 }
 

@@ -184,6 +184,18 @@ impl Transport {
         }
     }
 
+    /// The transport a boot without `--virtio` gets: virtio-mmio when the
+    /// kernel command line turns PCI off (`pci=off`, as Firecracker's users
+    /// and Kata's Firecracker driver write it: Firecracker has only
+    /// virtio-mmio), else PCI.
+    pub fn for_cmdline(cmdline: &str) -> Self {
+        if kernel_words(cmdline).any(|word| word == "pci=off") {
+            Transport::Mmio
+        } else {
+            Transport::Pci
+        }
+    }
+
     /// Its `--virtio` name.
     fn name(self) -> &'static str {
         match self {
@@ -193,14 +205,35 @@ impl Transport {
     }
 }
 
+/// The words of `cmdline` that are the kernel's: those before `--` (the
+/// rest goes to init).
+fn kernel_words(cmdline: &str) -> impl Iterator<Item = &str> {
+    cmdline.split_whitespace().take_while(|word| *word != "--")
+}
+
+/// `cmdline` with `args` added to the kernel's part, before the guest's
+/// command (`--`) if there is one.
+pub fn with_kernel_args(cmdline: &str, args: &str) -> String {
+    if args.is_empty() {
+        return cmdline.to_string();
+    }
+    if let Some((kernel, guest)) = cmdline.split_once(" -- ") {
+        return format!("{kernel} {args} -- {guest}");
+    }
+    if let Some(kernel) = cmdline.strip_suffix(" --") {
+        return format!("{kernel} {args} --");
+    }
+    if cmdline.is_empty() {
+        return args.to_string();
+    }
+    format!("{cmdline} {args}")
+}
+
 /// The kernel command line for `transport`: the default one gets `pci=off`
 /// without a PCI bus; a given one that turns PCI off while the devices are
 /// on it gets a warning.
 pub fn cmdline_for(cmdline: &str, transport: Transport) -> String {
-    let pci_off = cmdline
-        .split_whitespace()
-        .take_while(|word| *word != "--")
-        .any(|word| word == "pci=off");
+    let pci_off = kernel_words(cmdline).any(|word| word == "pci=off");
     match transport {
         Transport::Mmio if cmdline == DEFAULT_CMDLINE => format!("{cmdline} pci=off"),
         Transport::Pci if pci_off => {
@@ -327,8 +360,9 @@ pub struct Launch {
     pub timeout: Option<Duration>,
     /// How long the guest gets to shut down when ferry is asked to stop.
     pub shutdown_grace: Duration,
-    /// Where the virtio devices sit.
-    pub transport: Transport,
+    /// Where the virtio devices sit: `None` lets the kernel command line
+    /// decide ([`Transport::for_cmdline`]).
+    pub transport: Option<Transport>,
     /// Whether to run on a PVM /dev/kvm.
     pub allow_pvm: bool,
 }
@@ -446,17 +480,10 @@ fn with_root(cmdline: String, root: Option<String>) -> String {
     let Some(root) = root else {
         return cmdline;
     };
-    let (kernel, guest) = match cmdline.split_once(" -- ") {
-        Some((kernel, guest)) => (kernel, Some(guest)),
-        None => (cmdline.as_str(), None),
-    };
-    if kernel.split_whitespace().any(|w| w.starts_with("root=")) {
+    if kernel_words(&cmdline).any(|w| w.starts_with("root=")) {
         return cmdline;
     }
-    match guest {
-        Some(guest) => format!("{kernel} {root} -- {guest}"),
-        None => format!("{kernel} {root}"),
-    }
+    with_kernel_args(&cmdline, &root)
 }
 
 /// Opens `path` as a regular file.
@@ -488,6 +515,13 @@ pub fn host_memory_mib() -> u64 {
 }
 
 impl VmConfig {
+    /// How many virtio devices the guest gets: disks, the network card, vsock.
+    pub fn virtio_devices(&self) -> usize {
+        self.disks.len()
+            + usize::from(!matches!(self.net, Net::None))
+            + usize::from(self.vsock.is_some())
+    }
+
     /// Checks `resources` and opens and locks the files it names; `launch`
     /// adds the process's options.
     pub fn build(resources: &VmResources, launch: &Launch) -> Result<Self, Error> {
@@ -504,7 +538,9 @@ impl VmConfig {
             format!("{} MiB of memory", machine.memory_mib),
             MachineSpec::check_memory(machine.memory_mib, host_memory_mib()),
         )?;
-        let transport = launch.transport;
+        let transport = launch
+            .transport
+            .unwrap_or_else(|| Transport::for_cmdline(&boot.cmdline));
         let devices = resources.drives.len()
             + usize::from(resources.net.is_some())
             + usize::from(resources.vsock.is_some());
@@ -751,6 +787,29 @@ mod tests {
             with_root("root=/dev/vdb rw".into(), Some("root=/dev/vda rw".into())),
             "root=/dev/vdb rw"
         );
+    }
+
+    #[test]
+    fn pci_off_among_the_kernel_words_picks_virtio_mmio() {
+        let kata = "console=ttyS0 pci=off reboot=k panic=1 iommu=off net.ifnames=0 \
+                    random.trust_cpu=on acpi=off";
+        assert_eq!(Transport::for_cmdline(kata), Transport::Mmio);
+        assert_eq!(Transport::for_cmdline(DEFAULT_CMDLINE), Transport::Pci);
+        // After `--` the words are the guest command's, not the kernel's.
+        assert_eq!(
+            Transport::for_cmdline("console=ttyS0 -- echo pci=off"),
+            Transport::Pci
+        );
+        assert_eq!(Transport::for_cmdline("pci=offx"), Transport::Pci);
+    }
+
+    #[test]
+    fn kernel_args_go_before_the_guest_command() {
+        assert_eq!(with_kernel_args("a b", "x=1"), "a b x=1");
+        assert_eq!(with_kernel_args("a -- echo b", "x=1"), "a x=1 -- echo b");
+        assert_eq!(with_kernel_args("a --", "x=1"), "a x=1 --");
+        assert_eq!(with_kernel_args("", "x=1"), "x=1");
+        assert_eq!(with_kernel_args("a b", ""), "a b");
     }
 
     #[test]

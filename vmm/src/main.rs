@@ -86,7 +86,10 @@ fn main() {
     });
     logger::init(cli.log_level);
     if cli.print_cmdline {
-        println!("{}", config::cmdline_for(&cli.cmdline, cli.virtio));
+        let transport = cli
+            .virtio
+            .unwrap_or_else(|| config::Transport::for_cmdline(&cli.cmdline));
+        println!("{}", config::cmdline_for(&cli.cmdline, transport));
         return;
     }
     let code = match boot(&cli, start) {

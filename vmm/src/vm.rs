@@ -14,7 +14,7 @@ use ferry_boot::layout::{
     IRQ_MAX, KVM_TSS_ADDR, PCI_MMIO_SIZE, PCI_MMIO_START, PVPANIC_ADDR, VIRTIO_IRQ_START,
     VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
-use ferry_boot::{bootparams, kernel, regs, GuestMemory};
+use ferry_boot::{bootparams, kernel, mptable, regs, GuestMemory};
 use ferry_devices::bus::{self, Bus};
 use ferry_devices::control::{AcpiSleep, BootMarker, ExitStatus, PvPanic};
 use ferry_devices::irq::IrqLine;
@@ -69,6 +69,9 @@ pub enum Error {
     /// The ACPI tables could not be written.
     #[error(transparent)]
     Acpi(#[from] acpi::Error),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    MpTable(#[from] mptable::Error),
     /// The boot page tables could not be written.
     #[error(transparent)]
     BootTables(#[from] regs::Error),
@@ -118,6 +121,7 @@ impl Error {
                     bootparams::Error::CmdlineTooLong { .. } | bootparams::Error::CmdlineInvalid
                 )
                 | Error::Acpi(acpi::Error::TooManyCpus(_))
+                | Error::MpTable(mptable::Error::Cpus(_))
                 | Error::ConsoleOutput(_)
                 | Error::Vsock(_)
                 | Error::Passt(
@@ -237,6 +241,34 @@ fn add_virtio_pci(
     Ok(())
 }
 
+/// The register window and interrupt line of virtio-mmio device `index`.
+fn virtio_mmio_slot(index: usize) -> Result<(u64, u32), Error> {
+    let gsi = u32::try_from(index)
+        .ok()
+        .and_then(|i| VIRTIO_IRQ_START.checked_add(i))
+        .filter(|gsi| *gsi <= IRQ_MAX)
+        .ok_or(Error::NoIrq(index))?;
+    Ok((VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE, gsi))
+}
+
+/// The kernel parameters that describe the first `count` virtio-mmio
+/// devices, `virtio_mmio.device=<size>@<base>:<irq>` each: how a guest
+/// that does not read the DSDT (`acpi=off`, or no ACPI in the kernel)
+/// finds them, as Firecracker passes its devices. The guest kernel needs
+/// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`; others ignore them.
+fn virtio_mmio_kernel_args(count: usize) -> Result<String, Error> {
+    let args = (0..count)
+        .map(|index| {
+            let (base, gsi) = virtio_mmio_slot(index)?;
+            Ok(format!(
+                "virtio_mmio.device={}K@{base:#x}:{gsi}",
+                VIRTIO_MMIO_SIZE >> 10
+            ))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(args.join(" "))
+}
+
 /// Puts a virtio device on virtio-mmio window `index`; returns its DSDT entry.
 fn add_virtio_mmio(
     vm: &VmFd,
@@ -245,11 +277,7 @@ fn add_virtio_mmio(
     index: usize,
     device: Box<dyn VirtioDevice>,
 ) -> Result<AcpiDevice, Error> {
-    let gsi = VIRTIO_IRQ_START + index as u32;
-    if gsi > IRQ_MAX {
-        return Err(Error::NoIrq(index));
-    }
-    let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
+    let (base, gsi) = virtio_mmio_slot(index)?;
     let line = IrqLine::new(gsi).map_err(|e| Error::Resource("a virtio interrupt", e))?;
     vm.register_irqfd(line.event(), gsi)
         .map_err(|e| Error::VmSetup("KVM_IRQFD (virtio)", e))?;
@@ -523,6 +551,12 @@ impl Vm {
         vm_end: Arc<VmEnd>,
         event_loop: &mut EventLoop,
     ) -> Result<Self, Error> {
+        // virtio-mmio devices are also named on the kernel command line;
+        // they are added below in the order of their windows.
+        if config.transport == Transport::Mmio {
+            let args = virtio_mmio_kernel_args(config.virtio_devices())?;
+            config.cmdline = crate::config::with_kernel_args(&config.cmdline, &args);
+        }
         // The guest first, so that a bad kernel or initrd is reported whatever the host's KVM.
         let mem = memory::map(config.mem_size)?;
         let entry = load_guest(&mem, &mut config)?;
@@ -569,6 +603,10 @@ impl Vm {
             &devices.acpi,
             devices.pci_host_bridge().as_ref(),
         )?;
+        // The MP table on every boot, next to the ACPI tables: a guest
+        // booted with acpi=off (as Kata boots Firecracker guests) finds its
+        // CPUs and IOAPIC there; one reading ACPI ignores it.
+        mptable::write_mptable(&mem, config.cpus)?;
         regs::write_boot_tables(&mem)?;
 
         let raw_terminal = if config.console == Console::Stdio {
@@ -756,5 +794,26 @@ impl Vm {
         drop(self._kvm);
         // Guest memory outlives every vCPU: it is dropped only here.
         drop(self.mem);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_mmio_devices_are_named_on_the_kernel_command_line() {
+        assert_eq!(virtio_mmio_kernel_args(0).unwrap(), "");
+        assert_eq!(
+            virtio_mmio_kernel_args(3).unwrap(),
+            "virtio_mmio.device=4K@0xd0010000:5 virtio_mmio.device=4K@0xd0011000:6 \
+             virtio_mmio.device=4K@0xd0012000:7"
+        );
+        let max = (IRQ_MAX - VIRTIO_IRQ_START + 1) as usize;
+        assert!(virtio_mmio_kernel_args(max).is_ok());
+        assert!(matches!(
+            virtio_mmio_kernel_args(max + 1),
+            Err(Error::NoIrq(i)) if i == max
+        ));
     }
 }
