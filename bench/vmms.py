@@ -79,13 +79,15 @@ def ferry_cmd(mem_mib, initrd, cmdline, job, *options):
             "--cmdline", append(cmdline, "--", job)]
 
 
-def qemu_cmd(name, mem_mib, initrd, cmdline, job, net_socket=None, drive=None):
+def qemu_cmd(name, mem_mib, initrd, cmdline, job, net_socket=None, drive=None, tap=None):
     """QEMU as the VMM `name` of QEMU_MACHINES (one vCPU, serial console on
     stdio, nothing else unless asked), booting like ferry_cmd, its machine's
     extra words added to `cmdline`. With `net_socket`, a virtio-net card
     (MAC) on the passt listening there (start_passt): a stream netdev, or for
     a -vhost-user name passt itself as the vhost-user backend. With `drive`
-    (QEMU -drive options: file=...,format=...), a virtio-blk disk."""
+    (QEMU -drive options: file=...,format=...), a virtio-blk disk. With `tap`
+    (the TAP's name, whether vhost=on), a virtio-net card (MAC) on that TAP
+    (`-netdev tap`, with the virtio-net header, as QEMU does by default)."""
     machine, net_device, extra = QEMU_MACHINES[name]
     cmd = [QEMU, "-enable-kvm", "-cpu", "host,-arch-capabilities", "-M", machine,
            "-m", str(mem_mib), "-smp", "1", "-nodefaults", "-no-user-config", "-nographic",
@@ -98,7 +100,10 @@ def qemu_cmd(name, mem_mib, initrd, cmdline, job, net_socket=None, drive=None):
                 "-netdev", "vhost-user,id=n0,chardev=c0"]
     elif net_socket:
         cmd += ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={net_socket}"]
-    if net_socket:
+    if tap:
+        ifname, vhost = tap
+        cmd += ["-netdev", f"tap,id=n0,ifname={ifname},script=no,downscript=no,vhost={'on' if vhost else 'off'}"]
+    if net_socket or tap:
         cmd += ["-device", f"{net_device},netdev=n0,mac={MAC}"]
     if drive and machine.startswith("microvm"):
         cmd += ["-drive", f"if=none,id=d0,{drive}", "-device", "virtio-blk-device,drive=d0"]

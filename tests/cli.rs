@@ -408,11 +408,31 @@ fn a_missing_passt_is_named_with_its_package() {
 }
 
 #[test]
+fn a_tap_that_does_not_exist_or_is_no_tap_is_a_configuration_error() {
+    let k = kernel();
+    assert_error(
+        &ferry(&["--kernel", &k, "--net", "tap:nosuchtap"]),
+        BAD_CONFIG,
+        "no TAP device nosuchtap (ferry opens an existing TAP",
+    );
+    assert_error(
+        &ferry(&["--kernel", &k, "--net", "tap:lo"]),
+        BAD_CONFIG,
+        "lo is a network interface but no TAP device",
+    );
+}
+
+#[test]
 fn bad_network_options_are_refused() {
     let k = kernel();
-    assert_usage_error(
-        &ferry(&["--kernel", &k, "--net", "tap"]),
-        "invalid value 'tap' for '--net <passt|none>'",
+    let out = ferry(&["--kernel", &k, "--net", "tap"]);
+    assert_eq!(out.status, Some(BAD_CONFIG), "{}", out.describe());
+    assert!(
+        out.stderr.contains(
+            "error: invalid value 'tap' for '--net <passt|tap:NAME|none>': expected passt, tap:NAME or none"
+        ),
+        "{}",
+        out.describe()
     );
     assert_error(
         &ferry(&["--kernel", &k, "--mac", "01:00:00:00:00:01"]),
@@ -569,6 +589,14 @@ fn the_api_answers_before_boot_and_sigterm_ends_ferry_and_its_socket() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("no kernel to boot"), "{body}");
+    let (status, body) = api(
+        &sock,
+        "PUT",
+        "/network-interfaces/eth0",
+        Some(r#"{"iface_id": "eth0", "host_dev_name": "nosuchtap"}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no TAP device nosuchtap"), "{body}");
     let (status, _) = api(&sock, "GET", "/nowhere", None);
     assert_eq!(status, 404);
     let (status, _) = api(&sock, "DELETE", "/", None);
@@ -619,6 +647,12 @@ fn bad_configuration_files_are_refused_with_the_reason() {
                 r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "vsock": {{"guest_cid": 2, "uds_path": "/tmp/v.sock"}}}}"#
             ),
             "guest_cid 2",
+        ),
+        (
+            &format!(
+                r#"{{"boot-source": {{"kernel_image_path": "{k}"}}, "network-interfaces": [{{"iface_id": "eth0", "host_dev_name": "nosuchtap"}}]}}"#
+            ),
+            "no TAP device nosuchtap",
         ),
     ] {
         std::fs::write(&file, text).unwrap();

@@ -324,8 +324,8 @@ pub struct PartialDrive {
 /// `PUT /network-interfaces/{iface_id}`: a virtio-net device.
 ///
 /// Firecracker backs it with the TAP device `host_dev_name` (required
-/// there). ferry backs it with passt: `host_dev_name` is optional and the
-/// `passt` key, ferry's extension, configures passt.
+/// there). ferry backs it with that TAP when `host_dev_name` is given, and
+/// with passt otherwise: the `passt` key, ferry's extension, configures it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterface {
@@ -338,7 +338,7 @@ pub struct NetworkInterface {
         skip_serializing_if = "Option::is_none"
     )]
     pub guest_mac: Option<String>,
-    /// Firecracker's host TAP device; the VMM decides what ferry does with it.
+    /// The existing host TAP device the card uses (without it, passt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_dev_name: Option<String>,
     /// The receive rate limiter.

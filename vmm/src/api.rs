@@ -21,8 +21,11 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::cli::DEFAULT_CMDLINE;
 use crate::config::{self, parse_mac, publish_to_passt, valid_serial};
-use crate::resources::{BootSource, DriveSpec, MachineSpec, NetSpec, VsockSpec, DEFAULT_MAC};
+use crate::resources::{
+    BootSource, DriveSpec, MachineSpec, NetBackendSpec, NetSpec, VsockSpec, DEFAULT_MAC,
+};
 use crate::vmm::{self, State, Vmm};
+use ferry_devices::virtio::net::Tap;
 
 /// The answer to a pre-boot request after the VM has started (Firecracker's text).
 const AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
@@ -289,11 +292,18 @@ impl Api {
                 .map(|n| models::NetworkInterface {
                     iface_id: n.id.clone(),
                     guest_mac: Some(format_mac(&n.mac)),
-                    passt: Some(models::PasstOptions {
-                        publish: Vec::new(),
-                        args: n.passt.args.clone(),
-                        binary: Some(n.passt.binary.display().to_string()),
-                    }),
+                    host_dev_name: match &n.backend {
+                        NetBackendSpec::Tap(name) => Some(name.clone()),
+                        NetBackendSpec::Passt(_) => None,
+                    },
+                    passt: match &n.backend {
+                        NetBackendSpec::Passt(passt) => Some(models::PasstOptions {
+                            publish: Vec::new(),
+                            args: passt.args.clone(),
+                            binary: Some(passt.binary.display().to_string()),
+                        }),
+                        NetBackendSpec::Tap(_) => None,
+                    },
                     ..Default::default()
                 })
                 .collect(),
@@ -461,12 +471,6 @@ fn put_network_interface(
     iface: models::NetworkInterface,
 ) -> Result<Response, String> {
     let what = format!("network interface {}", iface.iface_id);
-    if let Some(tap) = &iface.host_dev_name {
-        return Err(format!(
-            "{what}: TAP devices (host_dev_name {tap}) are not supported by this ferry yet; \
-             leave host_dev_name out and the interface is wired to passt (the \"passt\" key configures it)"
-        ));
-    }
     no_rate_limit(&what, &iface.rx_rate_limiter)?;
     no_rate_limit(&what, &iface.tx_rate_limiter)?;
     if let Some(existing) = &vmm.resources().net {
@@ -479,6 +483,23 @@ fn put_network_interface(
     }
     let mac = parse_mac(iface.guest_mac.as_deref().unwrap_or(DEFAULT_MAC))
         .map_err(|e| format!("{what}: {e}"))?;
+    if let Some(name) = iface.host_dev_name {
+        if iface.passt.is_some() {
+            return Err(format!(
+                "{what}: host_dev_name (a TAP) and passt are two different backends: give one"
+            ));
+        }
+        // Attached once now, so that a TAP that is missing or that ferry
+        // may not use is refused here rather than at InstanceStart.
+        Tap::open(&name).map_err(|e| format!("{what}: {}", chain(&e)))?;
+        let resources = vmm.resources_mut().ok_or(AFTER_START)?;
+        resources.net = Some(NetSpec {
+            id: iface.iface_id,
+            mac,
+            backend: NetBackendSpec::Tap(name),
+        });
+        return Ok(Response::NoContent);
+    }
     let options = iface.passt.unwrap_or_default();
     let mut args = Vec::new();
     for spec in &options.publish {
@@ -496,7 +517,7 @@ fn put_network_interface(
     resources.net = Some(NetSpec {
         id: iface.iface_id,
         mac,
-        passt: ferry_net_passt::PasstConfig { binary, args },
+        backend: NetBackendSpec::Passt(ferry_net_passt::PasstConfig { binary, args }),
     });
     Ok(Response::NoContent)
 }

@@ -81,8 +81,9 @@ pub struct Cli {
     pub shutdown_grace: f64,
 
     /// Networking: `passt` (a virtio-net card wired to a passt that ferry
-    /// starts and stops) or `none`.
-    #[arg(long, value_name = "passt|none", value_enum, default_value_t = NetKind::Passt, hide_possible_values = true)]
+    /// starts and stops), `tap:NAME` (a virtio-net card on the existing TAP
+    /// device NAME) or `none`.
+    #[arg(long, value_name = "passt|tap:NAME|none", value_parser = parse_net, default_value = "passt")]
     pub net: NetKind,
 
     /// The card's MAC address.
@@ -152,12 +153,26 @@ pub enum Transport {
 }
 
 /// What the guest's network card is wired to (`--net`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetKind {
     /// A virtio-net card wired to a passt that ferry starts and stops.
     Passt,
+    /// A virtio-net card on an existing TAP device of this name.
+    Tap(String),
     /// No network card.
     None,
+}
+
+/// Parses `--net`: `passt`, `tap:NAME` or `none`.
+fn parse_net(s: &str) -> Result<NetKind, String> {
+    match s {
+        "passt" => Ok(NetKind::Passt),
+        "none" => Ok(NetKind::None),
+        _ => match s.strip_prefix("tap:") {
+            Some(name) if !name.is_empty() => Ok(NetKind::Tap(name.to_string())),
+            _ => Err("expected passt, tap:NAME or none".into()),
+        },
+    }
 }
 
 /// Parses a log level name.

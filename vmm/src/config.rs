@@ -11,7 +11,9 @@ use std::time::Duration;
 
 pub use crate::cli::Transport;
 use crate::cli::{Cli, NetKind, DEFAULT_CMDLINE};
-use crate::resources::{BootSource, DriveSpec, MachineSpec, NetSpec, VmResources, VsockSpec};
+use crate::resources::{
+    BootSource, DriveSpec, MachineSpec, NetBackendSpec, NetSpec, VmResources, VsockSpec,
+};
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,9 @@ pub enum Error {
     /// error, with the options that avoid it.
     #[error("{0}, pass --passt PATH, or use --net none")]
     PasstMissingCli(ferry_net_passt::launcher::Error),
+    /// The TAP device cannot back the card.
+    #[error(transparent)]
+    Tap(#[from] ferry_devices::virtio::net::TapError),
     /// A vsock option is malformed.
     #[error(
         "--vsock {0}: expected cid=N,uds=PATH[,listen=PORT:PATH]... with a context id of 3 or more"
@@ -103,7 +108,7 @@ pub enum Error {
 }
 
 /// The guest's network.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Net {
     /// No network card.
     None,
@@ -113,6 +118,13 @@ pub enum Net {
         mac: [u8; 6],
         /// How to run passt.
         passt: ferry_net_passt::PasstConfig,
+    },
+    /// A virtio-net card on a TAP device.
+    Tap {
+        /// The card's MAC address.
+        mac: [u8; 6],
+        /// The TAP, attached.
+        tap: ferry_devices::virtio::net::Tap,
     },
 }
 
@@ -402,8 +414,13 @@ pub fn resources_from_cli(cli: &Cli) -> Result<VmResources, Error> {
         .enumerate()
         .map(|(index, spec)| parse_disk(spec, index))
         .collect::<Result<Vec<_>, _>>()?;
-    let net = match cli.net {
+    let net = match &cli.net {
         NetKind::None => None,
+        NetKind::Tap(name) => Some(NetSpec {
+            id: "eth0".into(),
+            mac: parse_mac(&cli.mac)?,
+            backend: NetBackendSpec::Tap(name.clone()),
+        }),
         NetKind::Passt => {
             let mac = parse_mac(&cli.mac)?;
             let mut args = Vec::new();
@@ -420,7 +437,7 @@ pub fn resources_from_cli(cli: &Cli) -> Result<VmResources, Error> {
             Some(NetSpec {
                 id: "eth0".into(),
                 mac,
-                passt: ferry_net_passt::PasstConfig { binary, args },
+                backend: NetBackendSpec::Passt(ferry_net_passt::PasstConfig { binary, args }),
             })
         }
     };
@@ -553,21 +570,33 @@ impl VmConfig {
         }
         let net = match &resources.net {
             None => Net::None,
-            Some(net) => {
+            Some(NetSpec {
+                mac,
+                backend: NetBackendSpec::Passt(passt),
+                ..
+            }) => {
                 let binary =
-                    ferry_net_passt::launcher::resolve(&net.passt.binary).ok_or_else(|| {
+                    ferry_net_passt::launcher::resolve(&passt.binary).ok_or_else(|| {
                         Error::PasstMissing(ferry_net_passt::launcher::Error::NotFound(
-                            net.passt.binary.display().to_string(),
+                            passt.binary.display().to_string(),
                         ))
                     })?;
                 Net::Passt {
-                    mac: net.mac,
+                    mac: *mac,
                     passt: ferry_net_passt::PasstConfig {
                         binary,
-                        args: net.passt.args.clone(),
+                        args: passt.args.clone(),
                     },
                 }
             }
+            Some(NetSpec {
+                mac,
+                backend: NetBackendSpec::Tap(name),
+                ..
+            }) => Net::Tap {
+                mac: *mac,
+                tap: ferry_devices::virtio::net::Tap::open(name)?,
+            },
         };
         let kernel = open_file("kernel", &boot.kernel)?;
         let initrd = boot

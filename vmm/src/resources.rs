@@ -87,15 +87,24 @@ pub struct DriveSpec {
     pub serial: String,
 }
 
-/// A network card wired to a passt that ferry starts.
+/// A network card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetSpec {
     /// The name it is known by (the API's `iface_id`).
     pub id: String,
     /// The card's MAC address.
     pub mac: [u8; 6],
-    /// passt's forwards and arguments.
-    pub passt: ferry_net_passt::PasstConfig,
+    /// What its frames travel over on the host.
+    pub backend: NetBackendSpec,
+}
+
+/// The host side of a network card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackendSpec {
+    /// A passt that ferry starts: its forwards and arguments.
+    Passt(ferry_net_passt::PasstConfig),
+    /// An existing TAP device, by name (the API's `host_dev_name`).
+    Tap(String),
 }
 
 /// Everything that describes the machine.

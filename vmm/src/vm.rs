@@ -22,7 +22,9 @@ use ferry_devices::legacy::{i8042, serial, Serial, I8042};
 use ferry_devices::pci::{self, msix::MsiSink, PciRoot};
 use ferry_devices::virtio::block::{BackingHandle, Block, BlockStats, SwapError};
 use ferry_devices::virtio::mmio::{self, MmioTransport};
-use ferry_devices::virtio::net::{self as virtio_net, Net as VirtioNet, NetConfig, NetStats};
+use ferry_devices::virtio::net::{
+    self as virtio_net, Net as VirtioNet, NetBackend, NetConfig, NetStats,
+};
 use ferry_devices::virtio::pci::{self as virtio_pci, VirtioPci};
 use ferry_devices::virtio::vsock::{Vsock as VirtioVsock, VsockError, VsockStats};
 use ferry_devices::virtio::{Interrupt, VirtioDevice};
@@ -297,54 +299,65 @@ fn add_virtio_mmio(
     })
 }
 
-/// The running passt, a handle to shut its socket down at the end, and the card's counters.
-struct PasstLink {
-    passt: Passt,
-    socket: UnixStream,
+/// The network card's counters and, on passt, the running passt with a
+/// handle to shut its socket down at the end.
+struct NetLink {
+    passt: Option<(Passt, UnixStream)>,
     stats: Arc<NetStats>,
 }
 
-impl PasstLink {
-    /// Closes the link so that passt leaves on its own, then makes sure it has.
-    fn stop(mut self) {
+impl NetLink {
+    /// Logs the counters; on passt, closes the link so that passt leaves on
+    /// its own, then makes sure it has.
+    fn stop(self) {
         log::info!("net0: {}", self.stats);
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        match self.passt.stop() {
+        let Some((mut passt, socket)) = self.passt else {
+            return;
+        };
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+        match passt.stop() {
             Some(status) if !status.success() && status.signal().is_none() => {
                 log::warn!("passt exited with {status}")
             }
             Some(_) => log::debug!("passt has exited"),
-            None => log::error!("passt (pid {}) would not exit", self.passt.pid()),
+            None => log::error!("passt (pid {}) would not exit", passt.pid()),
         }
     }
 }
 
-/// Starts passt and adds a virtio-net card wired to it.
+/// Adds a virtio-net card: wired to a passt it starts, or on the TAP
+/// the configuration attached.
 fn add_network(
     vm: &VmFd,
     mem: &GuestMemory,
     devices: &mut Devices,
-    net: &Net,
-) -> Result<Option<PasstLink>, Error> {
-    let Net::Passt { mac, passt } = net else {
-        return Ok(None);
+    net: Net,
+) -> Result<Option<NetLink>, Error> {
+    let (mac, backend, passt) = match net {
+        Net::None => return Ok(None),
+        Net::Tap { mac, tap } => {
+            log::info!("net0 on TAP {}", tap.name());
+            (mac, NetBackend::Tap(tap), None)
+        }
+        Net::Passt { mac, passt } => {
+            let (passt, stream) = Passt::start(&passt)?;
+            log::info!("passt started (pid {})", passt.pid());
+            let socket = stream
+                .try_clone()
+                .map_err(|e| Error::Resource("a handle on the passt socket", e))?;
+            (mac, NetBackend::passt(stream), Some((passt, socket)))
+        }
     };
-    let (passt, stream) = Passt::start(passt)?;
-    log::info!("passt started (pid {})", passt.pid());
-    let socket = stream
-        .try_clone()
-        .map_err(|e| Error::Resource("a handle on the passt socket", e))?;
     let card = VirtioNet::new(
         0,
         NetConfig {
-            mac: *mac,
+            mac,
             mtu: virtio_net::DEFAULT_MTU,
         },
-        stream,
+        backend,
     );
-    let link = PasstLink {
+    let link = NetLink {
         passt,
-        socket,
         stats: card.stats(),
     };
     devices.add_virtio(vm, mem, Box::new(card))?;
@@ -519,7 +532,7 @@ pub struct Vm {
     mmio_bus: Arc<Bus>,
     transport: VirtioTransport,
     keyboard: Arc<Mutex<I8042>>,
-    passt: Option<PasstLink>,
+    net: Option<NetLink>,
     disks: Vec<DiskHandle>,
     vsock: Option<Arc<VsockStats>>,
     _raw_terminal: Option<RawTerminal>,
@@ -536,7 +549,7 @@ impl std::fmt::Debug for Vm {
         f.debug_struct("Vm")
             .field("vcpus", &(self.vcpus.len() + self.threads.len()))
             .field("disks", &self.disks.len())
-            .field("net", &self.passt.is_some())
+            .field("net", &self.net.is_some())
             .finish()
     }
 }
@@ -574,7 +587,12 @@ impl Vm {
         )?;
         event_loop.set_keyboard(devices.keyboard.clone());
         let disks = add_disks(&vm, &mem, &mut devices, std::mem::take(&mut config.disks))?;
-        let passt = add_network(&vm, &mem, &mut devices, &config.net)?;
+        let net = add_network(
+            &vm,
+            &mem,
+            &mut devices,
+            std::mem::replace(&mut config.net, Net::None),
+        )?;
         let vsock = match &config.vsock {
             Some(spec) => {
                 let mut device =
@@ -650,7 +668,7 @@ impl Vm {
             mmio_bus,
             transport: devices.transport,
             keyboard: devices.keyboard,
-            passt,
+            net,
             disks,
             vsock,
             _raw_terminal: raw_terminal,
@@ -706,7 +724,7 @@ impl Vm {
                 "exit_other": sum(|s| &s.exit_other),
             }),
         );
-        if let Some(link) = &self.passt {
+        if let Some(link) = &self.net {
             let s = &link.stats;
             map.insert(
                 "net".into(),
@@ -774,8 +792,8 @@ impl Vm {
         drop(self.io_bus);
         drop(self.mmio_bus);
         drop(self.transport);
-        if let Some(passt) = self.passt {
-            passt.stop();
+        if let Some(net) = self.net {
+            net.stop();
         }
         for disk in self.disks {
             log::info!(

@@ -30,6 +30,7 @@ pub struct Boot {
     timeout: Duration,
     expect_reset: bool,
     as_nobody: bool,
+    netns: Option<String>,
     env: Vec<(String, String)>,
 }
 
@@ -44,6 +45,7 @@ impl Boot {
             timeout: WATCHDOG,
             expect_reset: false,
             as_nobody: false,
+            netns: None,
             env: Vec::new(),
         }
     }
@@ -54,6 +56,18 @@ impl Boot {
     #[allow(clippy::wrong_self_convention)]
     pub fn as_nobody(mut self) -> Self {
         self.as_nobody = true;
+        self
+    }
+
+    /// Runs ferry in the network namespace `name` (`ip netns exec`).
+    pub fn in_netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
+    /// Gives the boot `timeout` instead of [`WATCHDOG`] (a long transfer).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 
@@ -121,6 +135,10 @@ impl Boot {
         let mut cmd = if self.as_nobody {
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", FERRY]);
+            c
+        } else if let Some(netns) = &self.netns {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns, FERRY]);
             c
         } else {
             Command::new(FERRY)

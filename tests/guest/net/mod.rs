@@ -4,6 +4,7 @@
 //! a rootless ferry, and passt's end (killed, or outliving ferry: never).
 
 mod peers;
+mod tap;
 
 use std::time::Duration;
 
@@ -77,11 +78,16 @@ const TRANSFER: usize = 64 << 20;
 
 /// Pulls the sha256 the guest printed (`HEX  /tmp/blob`).
 fn guest_sha(stdout: &str) -> Option<String> {
+    guest_sha_of(stdout, "/tmp/blob")
+}
+
+/// Pulls the sha256 the guest printed for `file` (`HEX  FILE`).
+fn guest_sha_of(stdout: &str, file: &str) -> Option<String> {
     stdout.lines().find_map(|line| {
         let words: Vec<&str> = line.split_whitespace().collect();
         words.windows(2).find_map(|w| {
             let is_hash = w[0].len() == 64 && w[0].bytes().all(|b| b.is_ascii_hexdigit());
-            (is_hash && w[1] == "/tmp/blob").then(|| w[0].to_string())
+            (is_hash && w[1] == file).then(|| w[0].to_string())
         })
     })
 }

@@ -32,9 +32,19 @@ fn hex(digest: &[u8]) -> String {
 pub fn tcp_sink(
     timeout: Duration,
     expect: Option<u64>,
+    on_progress: impl FnMut(u64) + Send + 'static,
+) -> (u16, JoinHandle<Result<Received, String>>) {
+    tcp_sink_on("127.0.0.1", timeout, expect, on_progress)
+}
+
+/// [`tcp_sink`] on address `ip` (of the calling thread's network namespace).
+pub fn tcp_sink_on(
+    ip: &str,
+    timeout: Duration,
+    expect: Option<u64>,
     mut on_progress: impl FnMut(u64) + Send + 'static,
 ) -> (u16, JoinHandle<Result<Received, String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let listener = TcpListener::bind((ip, 0)).expect("bind a port");
     let port = listener.local_addr().expect("its address").port();
     let handle = std::thread::spawn(move || {
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -104,10 +114,38 @@ pub fn tcp_source(port: u16, data: Vec<u8>, timeout: Duration) -> JoinHandle<Res
     tcp_source_paced(port, data, usize::MAX, Duration::ZERO, timeout)
 }
 
+/// [`tcp_source`] to `ip`:`port`.
+pub fn tcp_source_to(
+    ip: &str,
+    port: u16,
+    data: Vec<u8>,
+    timeout: Duration,
+) -> JoinHandle<Result<u32, String>> {
+    source(
+        ip.to_string(),
+        port,
+        data,
+        usize::MAX,
+        Duration::ZERO,
+        timeout,
+    )
+}
+
 /// Like [`tcp_source`], but sends `data` in pieces of `piece` bytes with a
 /// `pause` after each: the transfer lasts at least that long however fast
 /// the machine is.
 pub fn tcp_source_paced(
+    port: u16,
+    data: Vec<u8>,
+    piece: usize,
+    pause: Duration,
+    timeout: Duration,
+) -> JoinHandle<Result<u32, String>> {
+    source("127.0.0.1".into(), port, data, piece, pause, timeout)
+}
+
+fn source(
+    ip: String,
     port: u16,
     data: Vec<u8>,
     piece: usize,
@@ -120,7 +158,7 @@ pub fn tcp_source_paced(
         loop {
             attempts += 1;
             let result = (|| -> std::io::Result<()> {
-                let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                let mut s = TcpStream::connect((ip.as_str(), port))?;
                 s.set_write_timeout(Some(Duration::from_secs(60)))?;
                 for part in data.chunks(piece.max(1)) {
                     s.write_all(part)?;

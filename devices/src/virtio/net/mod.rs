@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-//! virtio-net wired to passt: the device model (features, configuration
-//! space, link state) here, the data path on its own thread in [`worker`].
+//! virtio-net: the device model (features, configuration space, link
+//! state) here, the data path on its own thread in [`worker`], written once
+//! over the host side a card has, its [`backend`]: passt's stream or a TAP.
 
+pub mod backend;
 mod checksum;
 mod rx;
 mod tx;
@@ -16,12 +18,13 @@ use virtio_bindings::virtio_ids;
 use virtio_bindings::virtio_net::{self, virtio_net_config, virtio_net_hdr_v1};
 
 use super::device_thread::DeviceThread;
-use super::{features, read_config_bytes, ConfigLayout};
+use super::{read_config_bytes, ConfigLayout};
 use super::{ActivateError, Activation, VirtioDevice};
 
+use backend::Backend;
+pub use backend::{Passt, Tap, TapError};
 pub use rx::{RxBuffer, RxError};
 pub use tx::TxError;
-use worker::Backend;
 pub use worker::NetStats;
 
 /// virtio device id of a network card.
@@ -64,13 +67,31 @@ pub const DEFAULT_MTU: u16 = 65520;
 mod feature {
     use virtio_bindings::virtio_net;
 
-    /// The guest may leave TX checksums partial: ferry completes them on
-    /// its own thread (passt's framing has no header to carry a partial
-    /// checksum), which takes that work off the vCPU.
+    /// The guest may leave TX checksums partial: on passt ferry completes
+    /// them on its own thread (passt's framing has no header to carry a
+    /// partial checksum), which takes that work off the vCPU; a TAP takes
+    /// them as they are.
     pub const CSUM: u32 = virtio_net::VIRTIO_NET_F_CSUM;
-    /// Frames from passt carry valid checksums (passt builds them, and a
-    /// UNIX socket does not corrupt them): the guest need not check.
+    /// The guest takes frames with partial or unchecked checksums: frames
+    /// from passt carry valid ones (passt builds them, and a UNIX socket
+    /// does not corrupt them); a TAP's header says which.
     pub const GUEST_CSUM: u32 = virtio_net::VIRTIO_NET_F_GUEST_CSUM;
+    /// The guest takes TCP/IPv4 segments of up to 64 KiB.
+    pub const GUEST_TSO4: u32 = virtio_net::VIRTIO_NET_F_GUEST_TSO4;
+    /// The guest takes TCP/IPv6 segments of up to 64 KiB.
+    pub const GUEST_TSO6: u32 = virtio_net::VIRTIO_NET_F_GUEST_TSO6;
+    /// The guest takes segments with ECN.
+    pub const GUEST_ECN: u32 = virtio_net::VIRTIO_NET_F_GUEST_ECN;
+    /// The guest takes UDP datagrams to fragment.
+    pub const GUEST_UFO: u32 = virtio_net::VIRTIO_NET_F_GUEST_UFO;
+    /// The device takes TCP/IPv4 segments of up to 64 KiB.
+    pub const HOST_TSO4: u32 = virtio_net::VIRTIO_NET_F_HOST_TSO4;
+    /// The device takes TCP/IPv6 segments of up to 64 KiB.
+    pub const HOST_TSO6: u32 = virtio_net::VIRTIO_NET_F_HOST_TSO6;
+    /// The device takes segments with ECN.
+    pub const HOST_ECN: u32 = virtio_net::VIRTIO_NET_F_HOST_ECN;
+    /// The device takes UDP datagrams to fragment.
+    pub const HOST_UFO: u32 = virtio_net::VIRTIO_NET_F_HOST_UFO;
     /// `mtu` holds the MTU the driver should use.
     pub const MTU: u32 = virtio_net::VIRTIO_NET_F_MTU;
     /// `mac` holds the card's address.
@@ -80,20 +101,6 @@ mod feature {
     /// `status` holds the link state, which goes down when passt is gone.
     pub const STATUS: u32 = virtio_net::VIRTIO_NET_F_STATUS;
 }
-
-/// What the card offers. No segmentation offload: passt takes frames, not
-/// super-frames to cut. Indirect chains (in [`features::COMMON`]) matter
-/// here: a large frame spans many pages, and without them a few frames
-/// would fill the TX ring.
-const FEATURES: u64 = features::COMMON
-    | features::set(&[
-        feature::CSUM,
-        feature::GUEST_CSUM,
-        feature::MAC,
-        feature::MTU,
-        feature::STATUS,
-        feature::MRG_RXBUF,
-    ]);
 
 /// `VIRTIO_NET_S_LINK_UP` in the status field.
 const LINK_UP: u16 = virtio_net::VIRTIO_NET_S_LINK_UP as u16;
@@ -110,26 +117,51 @@ pub struct NetConfig {
     pub mtu: u16,
 }
 
-/// A virtio-net card whose backend is a stream socket to passt.
+/// The host side of a card, as [`Net::new`] takes it.
+#[derive(Debug)]
+pub enum NetBackend {
+    /// A stream socket to passt.
+    Passt(Passt),
+    /// A TAP device.
+    Tap(Tap),
+}
+
+impl NetBackend {
+    /// passt's end of a socket pair.
+    pub fn passt(socket: UnixStream) -> Self {
+        Self::Passt(Passt::new(socket))
+    }
+
+    fn features(&self) -> u64 {
+        match self {
+            Self::Passt(b) => b.features(),
+            Self::Tap(b) => b.features(),
+        }
+    }
+}
+
+/// A virtio-net card over a [`NetBackend`].
 #[derive(Debug)]
 pub struct Net {
     id: usize,
     config: NetConfig,
+    features: u64,
     link_up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
-    backend: Option<Backend>,
-    worker: DeviceThread<Option<Backend>>,
+    backend: Option<NetBackend>,
+    worker: DeviceThread<Option<NetBackend>>,
 }
 
 impl Net {
-    /// Card number `id` (its thread is `netID`) talking to passt over `backend`.
-    pub fn new(id: usize, config: NetConfig, backend: UnixStream) -> Self {
+    /// Card number `id` (its thread is `netID`) over `backend`.
+    pub fn new(id: usize, config: NetConfig, backend: NetBackend) -> Self {
         Self {
             id,
             config,
+            features: backend.features(),
             link_up: Arc::new(AtomicBool::new(true)),
             stats: Arc::new(NetStats::default()),
-            backend: Some(Backend::new(backend)),
+            backend: Some(backend),
             worker: DeviceThread::default(),
         }
     }
@@ -156,6 +188,20 @@ impl Net {
     }
 }
 
+/// The data path over `backend`, prepared for the features the driver
+/// accepted; without a backend (the link down) if that fails.
+fn data_path<B: Backend>(parts: worker::Parts, mut backend: B, acked: u64) -> worker::NetWorker<B> {
+    let id = parts.id;
+    let backend = match backend.activate(acked) {
+        Ok(()) => Some(backend),
+        Err(e) => {
+            log::error!("net{id}: cannot set up the {}: {e}", backend.describe());
+            None
+        }
+    };
+    worker::NetWorker::new(parts, backend)
+}
+
 // SAFETY: `virtio_net_config` is `repr(C, packed)`: no padding.
 unsafe impl ConfigLayout for virtio_net_config {}
 
@@ -169,7 +215,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        FEATURES
+        self.features
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -178,24 +224,39 @@ impl VirtioDevice for Net {
 
     fn activate(&mut self, mut activation: Activation) -> Result<(), ActivateError> {
         let [(rx_queue, rx_kick), (tx_queue, tx_kick)] = activation.take_queues()?;
-        let mrg_rxbuf = activation.has_feature(feature::MRG_RXBUF);
-        let data_valid = activation.has_feature(feature::GUEST_CSUM);
-        let worker = worker::NetWorker::new(worker::Parts {
-            id: self.id,
-            mem: activation.mem,
+        let acked = activation.features;
+        let id = self.id;
+        let parts = worker::Parts {
+            id,
+            mem: activation.mem.clone(),
             rx_queue,
             tx_queue,
             rx_kick,
             tx_kick,
-            backend: self.backend.take(),
-            interrupt: activation.interrupt,
+            interrupt: activation.interrupt.clone(),
             link_up: self.link_up.clone(),
             stats: self.stats.clone(),
-            mrg_rxbuf,
-            data_valid,
-        });
-        self.worker
-            .start(format!("net{}", self.id), move |stop| worker.run(stop))
+            mrg_rxbuf: activation.has_feature(feature::MRG_RXBUF),
+            data_valid: activation.has_feature(feature::GUEST_CSUM),
+        };
+        let name = format!("net{id}");
+        match self.backend.take() {
+            Some(NetBackend::Tap(tap)) => {
+                let worker = data_path(parts, tap, acked);
+                self.worker
+                    .start(name, move |stop| worker.run(stop).map(NetBackend::Tap))
+            }
+            Some(NetBackend::Passt(passt)) => {
+                let worker = data_path(parts, passt, acked);
+                self.worker
+                    .start(name, move |stop| worker.run(stop).map(NetBackend::Passt))
+            }
+            None => {
+                let worker = worker::NetWorker::<Passt>::new(parts, None);
+                self.worker
+                    .start(name, move |stop| worker.run(stop).map(NetBackend::Passt))
+            }
+        }
     }
 
     fn reset(&mut self) {
@@ -208,6 +269,7 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::features;
 
     #[test]
     fn config_space_carries_mac_status_and_mtu() {
@@ -218,7 +280,7 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 1],
                 mtu: 65520,
             },
-            a,
+            NetBackend::passt(a),
         );
         // mac, status (link up), max_virtqueue_pairs (one), mtu; nothing after.
         let mut cfg = [0xffu8; 16];
@@ -255,7 +317,7 @@ mod tests {
                 mac: [0; 6],
                 mtu: 1500,
             },
-            a,
+            NetBackend::passt(a),
         )
         .features();
         assert_ne!(f & (1 << features::VIRTIO_F_VERSION_1), 0);

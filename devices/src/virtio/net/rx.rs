@@ -73,8 +73,13 @@ impl RxBuffer {
         self.segments
     }
 
+    /// Its writable segments: guest address and length.
+    pub fn segments(&self) -> &[(GuestAddress, usize)] {
+        &self.segments
+    }
+
     /// Writes `bytes` from offset `at` of the buffer on; returns how many fit.
-    fn write_at(&self, mem: &GuestMemory, mut at: usize, mut bytes: &[u8]) -> usize {
+    pub(crate) fn write_at(&self, mem: &GuestMemory, mut at: usize, mut bytes: &[u8]) -> usize {
         let mut written = 0;
         for &(addr, len) in &self.segments {
             if bytes.is_empty() {

@@ -1,32 +1,29 @@
 // SPDX-License-Identifier: Apache-2.0
-//! The data path of one card, on its own thread with its own event loop:
-//! guest TX chains go to passt in `writev`s straight from guest memory
-//! (the writer decides how frames share them); passt's stream is read in
-//! large chunks and each frame copied into the guest's RX buffers. When
-//! the guest has no RX buffers the stream is left unread (held back, never
-//! dropped) until it posts more; when passt's socket is full the TX ring
-//! is left alone until it drains. While the guest streams, the TX ring is
-//! polled on a short timer instead of the guest notifying each frame.
+//! The data path of one card, on its own thread with its own event loop,
+//! written once for every backend (see [`super::backend`]): TX chains are
+//! popped in batches and handed to the backend as frames; the guest's RX
+//! buffers are stocked and filled as the backend reads. When the guest has
+//! no RX buffers the backend is left unread (held back, never dropped)
+//! until it posts more; when the backend cannot take more the TX ring is
+//! left alone until it can. While the guest streams, the TX ring is polled
+//! on a short timer instead of the guest notifying each frame.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use ferry_net_passt::writer::FdSink;
-use ferry_net_passt::{Decoder, FrameWriter, OutFrame};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::backend::{Backend, RxStop};
 use super::rx::{self, RxBuffer};
-use super::tx;
-use super::NET_HDR_LEN;
+use super::{hdr, NET_HDR_LEN};
 use crate::virtio::device_thread::run_until_stopped;
 use crate::virtio::queue_drain::{signal_used, RecheckOnce};
 use crate::virtio::Interrupt;
@@ -40,13 +37,13 @@ const TX_QUEUE: usize = 1;
 /// Counters of one card, readable from any thread.
 #[derive(Debug, Default)]
 pub struct NetStats {
-    /// Frames sent to passt.
+    /// Frames sent to the backend.
     pub tx_frames: AtomicU64,
     /// Bytes of those frames.
     pub tx_bytes: AtomicU64,
     /// Malformed TX chains (consumed, not sent).
     pub tx_errors: AtomicU64,
-    /// Frames dropped while passt was gone.
+    /// Frames dropped while the backend was gone.
     pub tx_dropped: AtomicU64,
     /// Frames delivered to the guest.
     pub rx_frames: AtomicU64,
@@ -56,9 +53,9 @@ pub struct NetStats {
     pub rx_errors: AtomicU64,
     /// Frames too large for the guest's buffer (without mergeable buffers).
     pub rx_dropped: AtomicU64,
-    /// Times the guest ran out of RX buffers (passt's stream was held back).
+    /// Times the guest ran out of RX buffers (the backend was held back).
     pub rx_waits: AtomicU64,
-    /// Times passt's socket was full (the TX ring was held back).
+    /// Times the backend was full (the TX ring was held back).
     pub tx_waits: AtomicU64,
 }
 
@@ -82,28 +79,8 @@ impl std::fmt::Display for NetStats {
     }
 }
 
-fn bump(counter: &AtomicU64, by: u64) {
+pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
-}
-
-/// passt's end of a card's link as one data path hands it to the next
-/// (across a device reset): the socket, and what was read from it but not
-/// yet delivered, so that the next data path goes on from the same place
-/// in the stream (the read may have ended inside a frame).
-#[derive(Debug)]
-pub struct Backend {
-    socket: UnixStream,
-    decoder: Decoder,
-}
-
-impl Backend {
-    /// A link over `socket`, nothing read from it yet.
-    pub fn new(socket: UnixStream) -> Self {
-        Self {
-            socket,
-            decoder: Decoder::new(RX_BUFFER),
-        }
-    }
 }
 
 /// What [`NetWorker::new`] takes.
@@ -115,7 +92,6 @@ pub struct Parts {
     pub tx_queue: Queue,
     pub rx_kick: EventFd,
     pub tx_kick: EventFd,
-    pub backend: Option<Backend>,
     pub interrupt: Arc<Interrupt>,
     pub link_up: Arc<AtomicBool>,
     pub stats: Arc<NetStats>,
@@ -125,13 +101,13 @@ pub struct Parts {
 
 /// Everything but the RX ring side.
 #[derive(Debug)]
-struct Link {
+struct Link<B> {
     id: usize,
     mem: GuestMemory,
     tx_queue: Queue,
     rx_kick: EventFd,
     tx_kick: EventFd,
-    backend: Option<UnixStream>,
+    backend: Option<B>,
     interrupt: Arc<Interrupt>,
     link_up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
@@ -139,7 +115,7 @@ struct Link {
 
 /// The RX ring and the guest buffers taken from it but not yet filled.
 #[derive(Debug)]
-struct RxSide {
+pub struct RxSide {
     id: usize,
     queue: Queue,
     stash: VecDeque<RxBuffer>,
@@ -191,23 +167,33 @@ impl RxSide {
         }
     }
 
-    /// Offers one frame to the guest.
-    fn deliver(&mut self, mem: &GuestMemory, frame: &[u8]) -> Delivery {
+    /// The card's counters.
+    pub fn stats(&self) -> &NetStats {
+        &self.stats
+    }
+
+    /// How many stashed buffers, from the first, hold `need` bytes (one
+    /// without mergeable buffers). The stash must have been stocked for it.
+    fn buffers_for(&self, need: usize) -> usize {
+        if !self.mrg_rxbuf {
+            return 1;
+        }
+        let mut count = 0;
+        let mut room = 0;
+        while room < need && count < self.stash.len() {
+            room += self.stash[count].capacity;
+            count += 1;
+        }
+        count
+    }
+
+    /// Offers one frame to the guest, copied behind a header of ferry's.
+    pub fn deliver(&mut self, mem: &GuestMemory, frame: &[u8]) -> Delivery {
         let need = NET_HDR_LEN + frame.len();
         if !self.stock(mem, need) {
             return Delivery::NoBuffers;
         }
-        let count = if self.mrg_rxbuf {
-            let mut count = 0;
-            let mut room = 0;
-            while room < need {
-                room += self.stash[count].capacity;
-                count += 1;
-            }
-            count
-        } else {
-            1
-        };
+        let count = self.buffers_for(need);
         let mut used = std::mem::take(&mut self.used);
         used.clear();
         let delivery = if self.stash[0].capacity < need && !self.mrg_rxbuf {
@@ -226,6 +212,73 @@ impl RxSide {
             bump(&self.stats.rx_bytes, frame.len() as u64);
             Delivery::Delivered
         };
+        self.complete(mem, used, count);
+        delivery
+    }
+
+    /// Lets `read` write one frame, virtio-net header first, straight into
+    /// the guest's buffers: it gets their segments, room for `max` bytes
+    /// (header included) when the guest has posted that much (with
+    /// mergeable buffers; else the first buffer), and returns how many
+    /// bytes it wrote. ferry sets only the header's `num_buffers`.
+    /// `Err` is `read`'s own error: no buffer is used then.
+    pub fn read_into(
+        &mut self,
+        mem: &GuestMemory,
+        max: usize,
+        read: impl FnOnce(&[libc::iovec]) -> io::Result<usize>,
+    ) -> io::Result<Delivery> {
+        if !self.stock(mem, max) {
+            return Ok(Delivery::NoBuffers);
+        }
+        let count = self.buffers_for(max);
+        let mut iov = Vec::with_capacity(count * 2);
+        for buf in self.stash.range(..count) {
+            for &(addr, len) in buf.segments() {
+                // The range was checked when the buffer was taken.
+                let Some(host) = mem.get_host_address(addr).ok() else {
+                    continue;
+                };
+                iov.push(libc::iovec {
+                    iov_base: host.cast(),
+                    iov_len: len,
+                });
+            }
+        }
+        let n = read(&iov)?;
+        let mut used = std::mem::take(&mut self.used);
+        used.clear();
+        let mut left = n;
+        let mut filled = 0;
+        for buf in self.stash.range(..count) {
+            if left == 0 && filled > 0 {
+                break;
+            }
+            let len = left.min(buf.capacity);
+            used.push((buf.head, len as u32));
+            left -= len;
+            filled += 1;
+        }
+        let delivery = if n < NET_HDR_LEN {
+            // Not even a header: the buffer goes back empty.
+            used.truncate(1);
+            used[0].1 = 0;
+            bump(&self.stats.rx_errors, 1);
+            Delivery::Dropped
+        } else {
+            self.stash[0].write_at(mem, hdr::NUM_BUFFERS, &(filled as u16).to_le_bytes());
+            bump(&self.stats.rx_frames, 1);
+            bump(&self.stats.rx_bytes, (n - NET_HDR_LEN) as u64);
+            Delivery::Delivered
+        };
+        let filled = used.len();
+        self.complete(mem, used, filled);
+        Ok(delivery)
+    }
+
+    /// Puts the entries of one frame in the used ring and drops the first
+    /// `count` buffers from the stash.
+    fn complete(&mut self, mem: &GuestMemory, used: Vec<(u16, u32)>, count: usize) {
         self.add_used(mem, &used);
         self.used = used;
         for buf in self.stash.drain(..count) {
@@ -234,7 +287,6 @@ impl RxSide {
                 self.spare_segments.push(buf.into_segments());
             }
         }
-        delivery
     }
 
     fn add_used(&mut self, mem: &GuestMemory, used: &[(u16, u32)]) {
@@ -291,32 +343,24 @@ const TX_BATCH: usize = 64;
 /// (put back, parsed and their checksums completed again next round) stay few.
 const TX_BATCH_BYTES: usize = 256 * 1024;
 
-/// How long a stopping data path waits for passt to take the rest of a
-/// started frame.
-const FINISH_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// Most segment lists kept for reuse: one per entry of the largest RX ring.
 const SPARE_SEGMENT_LISTS: usize = 256;
-/// Read buffer for passt's stream: several largest frames, so that one
-/// `read` brings many frames.
-const RX_BUFFER: usize = 512 * 1024;
 
 /// Outcome of offering one frame to the guest.
-enum Delivery {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
     Delivered,
-    /// No room: the frame stays in the decoder.
+    /// No room: the frame stays with the backend.
     NoBuffers,
     /// The guest's buffer is too small for it (no mergeable buffers): dropped.
     Dropped,
 }
 
-/// One card's data path.
+/// One card's data path over a backend `B`.
 #[derive(Debug)]
-pub struct NetWorker {
-    p: Link,
-    decoder: Decoder,
-    writer: FrameWriter,
-    /// The TX chain (head, frame length) whose frame the writer holds,
+pub struct NetWorker<B: Backend> {
+    p: Link<B>,
+    /// The TX chain (head, frame length) whose frame the backend holds,
     /// started but not finished: it is used once the rest is out.
     tx_started: Option<(u16, usize)>,
     rx: RxSide,
@@ -330,17 +374,10 @@ pub struct NetWorker {
     tx_emptied: Option<Instant>,
 }
 
-impl NetWorker {
-    /// A data path over `parts`.
-    pub fn new(parts: Parts) -> Self {
-        let (socket, decoder) = match parts.backend {
-            Some(Backend { socket, decoder }) => (Some(socket), decoder),
-            // No stream to read: a decoder of the smallest size.
-            None => (None, Decoder::new(0)),
-        };
+impl<B: Backend> NetWorker<B> {
+    /// A data path over `parts` and `backend` (none: the link is down).
+    pub fn new(parts: Parts, backend: Option<B>) -> Self {
         Self {
-            decoder,
-            writer: FrameWriter::new(),
             tx_started: None,
             rx: RxSide {
                 id: parts.id,
@@ -366,7 +403,7 @@ impl NetWorker {
                 tx_queue: parts.tx_queue,
                 rx_kick: parts.rx_kick,
                 tx_kick: parts.tx_kick,
-                backend: socket,
+                backend,
                 interrupt: parts.interrupt,
                 link_up: parts.link_up,
                 stats: parts.stats,
@@ -375,61 +412,34 @@ impl NetWorker {
     }
 
     /// Runs until `stop` is written; hands the backend back (if it still
-    /// works), with the frames read from passt and not yet delivered.
-    pub fn run(self, stop: EventFd) -> Option<Backend> {
+    /// works), with the frames read from it and not yet delivered.
+    pub fn run(self, stop: EventFd) -> Option<B> {
         let name = format!("net{}", self.p.id);
-        let mut worker = run_until_stopped(&name, self, stop)?;
-        worker.finish_started_frame();
-        let socket = worker.p.backend?;
-        Some(Backend {
-            socket,
-            decoder: worker.decoder,
-        })
-    }
-
-    /// Sends the rest of a frame started on passt's stream before the
-    /// stream is handed on (after a reset, to the next data path): a torn
-    /// frame would make passt lose its place. A stream that does not take
-    /// the rest within [`FINISH_TIMEOUT`] is dropped instead.
-    fn finish_started_frame(&mut self) {
-        let Some(stream) = self.p.backend.as_ref() else {
-            return;
-        };
-        let deadline = Instant::now() + FINISH_TIMEOUT;
-        let mut sink = FdSink::from(stream);
-        loop {
-            match self.writer.flush(&mut sink) {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(_) => break,
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let mut poll = libc::pollfd {
-                fd: stream.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, for the duration of the call.
-            unsafe { libc::poll(&mut poll, 1, left.as_millis().max(1) as libc::c_int) };
+        let worker = run_until_stopped(&name, self, stop)?;
+        let id = worker.p.id;
+        let mut backend = worker.p.backend?;
+        if backend.finish() {
+            Some(backend)
+        } else {
+            log::warn!(
+                "net{id}: {} did not take the rest of a frame; closing it",
+                backend.describe()
+            );
+            None
         }
-        log::warn!(
-            "net{}: passt did not take the rest of a frame; closing its connection",
-            self.p.id
-        );
-        self.p.backend = None;
     }
 
-    /// passt's stream broke: the link goes down, the guest is told, the VM runs on.
+    /// The backend broke: the link goes down, the guest is told, the VM runs on.
     fn backend_lost(&mut self, why: &str, ops: &mut EventOps) {
-        if let Some(stream) = self.p.backend.take() {
-            log::warn!("net{}: passt connection lost ({why}); link down", self.p.id);
-            let _ = ops.remove(Events::empty(&stream));
+        if let Some(backend) = self.p.backend.take() {
+            log::warn!(
+                "net{}: {} connection lost ({why}); link down",
+                self.p.id,
+                backend.describe()
+            );
+            let _ = ops.remove(Events::empty(&backend));
             self.interest = EventSet::empty();
         }
-        self.writer = FrameWriter::new();
         self.tx_blocked = false;
         if self.p.link_up.swap(false, Ordering::SeqCst) {
             self.p.interrupt.signal_config_change();
@@ -438,19 +448,18 @@ impl NetWorker {
         self.process_tx(ops);
     }
 
-    /// Sends the guest's frames to passt.
+    /// Sends the guest's frames to the backend.
     fn process_tx(&mut self, ops: &mut EventOps) {
         let mem = self.p.mem.clone();
         let mut used_any = false;
         let mut recheck = RecheckOnce::default();
         let mut sent_any = false;
         loop {
-            let Some(stream) = self.p.backend.as_ref() else {
+            let Some(backend) = self.p.backend.as_mut() else {
                 used_any |= self.drop_tx(&mem);
                 break;
             };
-            let mut sink = FdSink::from(stream);
-            match self.writer.flush(&mut sink) {
+            match backend.flush() {
                 Ok(true) => {
                     if let Some((head, len)) = self.tx_started.take() {
                         self.tx_sent(&mem, head, len);
@@ -469,7 +478,8 @@ impl NetWorker {
             }
             // Gather a batch of well-formed chains, in ring order.
             let mut heads = Vec::new();
-            let mut frames: Vec<OutFrame> = Vec::new();
+            let mut lens = Vec::new();
+            let mut frames: Vec<B::Frame> = Vec::new();
             if let Err(e) = self.p.tx_queue.disable_notification(&mem) {
                 log::debug!("net{}: {e}", self.p.id);
             }
@@ -480,10 +490,12 @@ impl NetWorker {
                 };
                 recheck.made_progress();
                 let head = chain.head_index();
-                match tx::frame_of_chain(&mem, chain) {
-                    Ok(frame) => {
-                        batch_bytes += frame.len();
+                let backend = self.p.backend.as_ref().expect("checked above");
+                match backend.frame_of_chain(&mem, chain) {
+                    Ok((frame, len)) => {
+                        batch_bytes += len;
                         heads.push(head);
+                        lens.push(len);
                         frames.push(frame);
                     }
                     // A bad chain after good ones waits for the next round, so
@@ -523,8 +535,8 @@ impl NetWorker {
                 }
                 break;
             }
-            let lens: Vec<usize> = frames.iter().map(OutFrame::len).collect();
-            let written = match self.writer.write(&mut sink, frames) {
+            let backend = self.p.backend.as_mut().expect("checked above");
+            let written = match backend.send(frames) {
                 Ok(written) => written,
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                     // Cannot happen: chain lengths were checked; drop the batch rather than loop.
@@ -580,7 +592,7 @@ impl NetWorker {
         bump(&self.p.stats.tx_bytes, len as u64);
     }
 
-    /// Without passt, TX chains (one the writer held included) are consumed and dropped.
+    /// Without a backend, TX chains (one the backend held included) are consumed and dropped.
     fn drop_tx(&mut self, mem: &GuestMemory) -> bool {
         let mut any = false;
         if let Some((head, _)) = self.tx_started.take() {
@@ -617,52 +629,23 @@ impl NetWorker {
         );
     }
 
-    /// Moves frames from passt's stream into the guest.
+    /// Moves frames from the backend into the guest.
     fn process_rx(&mut self, ops: &mut EventOps) {
         let mem = self.p.mem.clone();
-        let mut delivered = false;
-        'outer: loop {
-            loop {
-                let frame = match self.decoder.peek() {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.backend_lost(&e.to_string(), ops);
-                        break 'outer;
-                    }
-                };
-                match self.rx.deliver(&mem, frame) {
-                    Delivery::Delivered => {
-                        delivered = true;
-                        self.decoder.consume();
-                    }
-                    Delivery::Dropped => self.decoder.consume(),
-                    Delivery::NoBuffers => {
-                        log::trace!("net{}: RX waits for guest buffers", self.p.id);
-                        if !self.rx_blocked {
-                            bump(&self.p.stats.rx_waits, 1);
-                        }
-                        self.rx_blocked = true;
-                        break 'outer;
-                    }
+        let Some(backend) = self.p.backend.as_mut() else {
+            return;
+        };
+        let (delivered, stop) = backend.receive(&mem, &mut self.rx);
+        match stop {
+            RxStop::Drained => {}
+            RxStop::NoBuffers => {
+                log::trace!("net{}: RX waits for guest buffers", self.p.id);
+                if !self.rx_blocked {
+                    bump(&self.p.stats.rx_waits, 1);
                 }
+                self.rx_blocked = true;
             }
-            let Some(stream) = self.p.backend.as_mut() else {
-                break;
-            };
-            match self.decoder.fill_from(stream) {
-                Ok(0) => {
-                    self.backend_lost("passt closed the connection", ops);
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.backend_lost(&format!("read: {e}"), ops);
-                    break;
-                }
-            }
+            RxStop::Lost(why) => self.backend_lost(&why, ops),
         }
         if delivered {
             self.notify(&mem, TxOrRx::Rx);
@@ -670,9 +653,9 @@ impl NetWorker {
         self.update_interest(ops);
     }
 
-    /// Watches the socket for what the data path waits on.
+    /// Watches the backend for what the data path waits on.
     fn update_interest(&mut self, ops: &mut EventOps) {
-        let Some(stream) = self.p.backend.as_ref() else {
+        let Some(backend) = self.p.backend.as_ref() else {
             return;
         };
         let mut want = EventSet::READ_HANG_UP;
@@ -685,7 +668,7 @@ impl NetWorker {
         if want == self.interest {
             return;
         }
-        let events = Events::with_data(stream, BACKEND, want);
+        let events = Events::with_data(backend, BACKEND, want);
         let result = if self.interest.is_empty() {
             ops.add(events)
         } else {
@@ -693,7 +676,11 @@ impl NetWorker {
         };
         match result {
             Ok(()) => self.interest = want,
-            Err(e) => log::error!("net{}: cannot watch the passt socket: {e:?}", self.p.id),
+            Err(e) => log::error!(
+                "net{}: cannot watch the {}: {e:?}",
+                self.p.id,
+                backend.describe()
+            ),
         }
     }
 }
@@ -704,7 +691,7 @@ enum TxOrRx {
     Rx,
 }
 
-impl MutEventSubscriber for NetWorker {
+impl<B: Backend> MutEventSubscriber for NetWorker<B> {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             RX_KICK => {
@@ -719,7 +706,7 @@ impl MutEventSubscriber for NetWorker {
             }
             BACKEND => {
                 let set = events.event_set();
-                log::trace!("net{}: socket events {set:?}", self.p.id);
+                log::trace!("net{}: backend events {set:?}", self.p.id);
                 if set.contains(EventSet::OUT) {
                     self.process_tx(ops);
                 }
@@ -729,7 +716,7 @@ impl MutEventSubscriber for NetWorker {
                     // Reading tells EOF and errors apart from data.
                     self.process_rx(ops);
                     if self.rx_blocked && set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
-                        self.backend_lost("socket hang-up", ops);
+                        self.backend_lost("hang-up", ops);
                     }
                 }
             }
@@ -756,14 +743,7 @@ impl MutEventSubscriber for NetWorker {
                 self.tx_poll = None;
             }
         }
-        if let Some(stream) = self.p.backend.as_ref() {
-            if let Err(e) = stream.set_nonblocking(true) {
-                log::error!(
-                    "net{}: cannot make the passt socket non-blocking: {e}",
-                    self.p.id
-                );
-            }
-        } else if self.p.link_up.swap(false, Ordering::SeqCst) {
+        if self.p.backend.is_none() && self.p.link_up.swap(false, Ordering::SeqCst) {
             self.p.interrupt.signal_config_change();
         }
         // RX notifications only when the guest's buffers run out.
@@ -779,8 +759,11 @@ impl MutEventSubscriber for NetWorker {
 mod tests {
     use super::*;
     use crate::irq::IrqLine;
+    use crate::virtio::net::backend::passt::FINISH_TIMEOUT;
+    use crate::virtio::net::backend::Passt;
     use ferry_net_passt::PREFIX_LEN;
     use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};
     use virtio_queue::desc::split::Descriptor as SplitDescriptor;
     use virtio_queue::desc::RawDescriptor;
@@ -825,7 +808,7 @@ mod tests {
         stats: Arc<NetStats>,
         rx_used: u64,
         tx_used: u64,
-        thread: Option<std::thread::JoinHandle<Option<Backend>>>,
+        thread: Option<std::thread::JoinHandle<Option<Passt>>>,
     }
 
     const RX_RING: GuestAddress = GuestAddress(0x1_0000);
@@ -844,7 +827,7 @@ mod tests {
     fn harness(mem: &GuestMemory, rxq: &Mock, txq: &Mock, mrg_rxbuf: bool) -> Harness {
         let (ours, peer) = UnixStream::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        harness_on(mem, rxq, txq, mrg_rxbuf, Backend::new(ours), peer)
+        harness_on(mem, rxq, txq, mrg_rxbuf, Passt::new(ours), peer)
     }
 
     /// A worker over a `backend` an earlier one handed back; `peer` is passt's end.
@@ -853,7 +836,7 @@ mod tests {
         rxq: &Mock,
         txq: &Mock,
         mrg_rxbuf: bool,
-        backend: Backend,
+        backend: Passt,
         peer: UnixStream,
     ) -> Harness {
         let line = IrqLine::new(5).unwrap();
@@ -871,20 +854,24 @@ mod tests {
             tx_used: txq.used_addr().0,
             thread: None,
         };
-        let worker = NetWorker::new(Parts {
-            id: 0,
-            mem: mem.clone(),
-            rx_queue: rxq.create_queue().unwrap(),
-            tx_queue: txq.create_queue().unwrap(),
-            rx_kick: h.rx_kick.try_clone().unwrap(),
-            tx_kick: h.tx_kick.try_clone().unwrap(),
-            backend: Some(backend),
-            interrupt: Arc::new(Interrupt::new(line)),
-            link_up: h.link_up.clone(),
-            stats: h.stats.clone(),
-            mrg_rxbuf,
-            data_valid: false,
-        });
+        let mut backend = backend;
+        backend.activate(0).unwrap();
+        let worker = NetWorker::new(
+            Parts {
+                id: 0,
+                mem: mem.clone(),
+                rx_queue: rxq.create_queue().unwrap(),
+                tx_queue: txq.create_queue().unwrap(),
+                rx_kick: h.rx_kick.try_clone().unwrap(),
+                tx_kick: h.tx_kick.try_clone().unwrap(),
+                interrupt: Arc::new(Interrupt::new(line)),
+                link_up: h.link_up.clone(),
+                stats: h.stats.clone(),
+                mrg_rxbuf,
+                data_valid: false,
+            },
+            Some(backend),
+        );
         let stop = h.stop.try_clone().unwrap();
         Harness {
             thread: Some(std::thread::spawn(move || worker.run(stop))),
@@ -927,7 +914,7 @@ mod tests {
         }
 
         /// Stops the worker; the backend it hands back.
-        fn finish(mut self) -> Option<Backend> {
+        fn finish(mut self) -> Option<Passt> {
             self.stop.write(1).unwrap();
             self.thread.take().unwrap().join().unwrap()
         }
