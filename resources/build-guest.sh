@@ -102,6 +102,11 @@ disk=$tmp/disk
 mkdir -p "$disk"/{bin,sbin,dev,proc,sys,tmp,run,etc,mnt,data,usr/bin}
 cp /bin/busybox "$root/bin/ft" "$disk/bin/"
 ln -s busybox "$disk/bin/sh"
+# The applets' links, for a kernel that mounts this disk itself and starts
+# /sbin/init from it with no initramfs (read-only: init cannot add them).
+for applet in $(/bin/busybox --list); do
+  [ -e "$disk/bin/$applet" ] || ln -s busybox "$disk/bin/$applet"
+done
 cp "$here/init" "$disk/sbin/init"
 cp "$here/udhcpc.script" "$disk/etc/udhcpc.script"
 chmod +x "$disk/sbin/init" "$disk/etc/udhcpc.script"

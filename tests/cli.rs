@@ -102,6 +102,49 @@ fn the_readme_synopsis_lists_every_option_of_help() {
     );
 }
 
+/// `--version` as Kata's Go driver reads it (`fc.go: getVersionNumber`,
+/// `parseVersion`, `checkVersion`): the first line, split on spaces, the
+/// second field, a leading `v` trimmed, parsed as a strict semantic version
+/// (`MAJOR.MINOR.PATCH[-pre][+build]`), not below 0.21.1.
+#[test]
+fn version_passes_kata_go_drivers_check() {
+    let out = ferry(&["--version"]);
+    assert_eq!(out.status, Some(0), "{}", out.describe());
+    let first = out.stdout.lines().next().unwrap_or("");
+    let fields: Vec<&str> = first.split(' ').collect();
+    assert!(fields.len() > 1, "no second field in {first:?}");
+    let version = fields[1].trim().trim_start_matches('v');
+    let core = version.split(['-', '+']).next().unwrap();
+    let parts: Vec<u64> = core
+        .split('.')
+        .map(|p| {
+            assert!(
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && (p == "0" || !p.starts_with('0')),
+                "{version:?} is not strict semver"
+            );
+            p.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(parts.len(), 3, "{version:?} is not MAJOR.MINOR.PATCH");
+    assert!(
+        (parts[0], parts[1], parts[2]) >= (0, 21, 1),
+        "Kata refuses {version} (below 0.21.1)"
+    );
+    assert_eq!(version, ferry::cli::FIRECRACKER_API_VERSION);
+    assert!(
+        first.contains(&format!("ferry {}", env!("CARGO_PKG_VERSION"))),
+        "the first line should still say ferry's own version: {first:?}"
+    );
+    // -V stays ferry's own version.
+    let short = ferry(&["-V"]);
+    assert_eq!(
+        short.stdout.trim(),
+        format!("ferry {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 #[test]
 fn help_documents_every_option_and_the_exit_statuses() {
     let out = ferry(&["--help"]);

@@ -37,7 +37,7 @@ const GREETING: &str = "hello from the kata-style host";
 const GUEST_BYTES: u32 = 1 << 20;
 
 /// The kernel `resources/kernel/build-kernel.sh` built (and cached).
-fn kata_kernel() -> Result<PathBuf, String> {
+pub(crate) fn kata_kernel() -> Result<PathBuf, String> {
     let script = repo_root().join("resources/kernel/build-kernel.sh");
     let out = Command::new(&script)
         .arg("--check")
@@ -55,7 +55,7 @@ fn kata_kernel() -> Result<PathBuf, String> {
 }
 
 /// `s` as a JSON string.
-fn json_string(s: &str) -> String {
+pub(crate) fn json_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

@@ -39,6 +39,7 @@ mod basics;
 mod disk;
 mod kata;
 mod kata_boot;
+mod kata_fc;
 mod net;
 mod readme;
 mod transport;

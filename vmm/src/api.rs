@@ -163,7 +163,7 @@ impl Api {
                 app_name: APP_NAME.into(),
             })),
             Request::GetVersion => Ok(Response::json(&models::FirecrackerVersion {
-                firecracker_version: env!("CARGO_PKG_VERSION").into(),
+                firecracker_version: crate::cli::FIRECRACKER_API_VERSION.into(),
             })),
             Request::GetMachineConfig => Ok(Response::json(&machine_model(vmm))),
             Request::GetVmConfig => Ok(Response::json(&self.vm_config(vmm))),

@@ -13,9 +13,32 @@ pub const DEFAULT_CMDLINE: &str =
 
 use crate::resources::{DEFAULT_CPUS, DEFAULT_MAC, DEFAULT_MEMORY_MIB};
 
+/// The Firecracker API version ferry answers to: that of the client Kata's
+/// Go driver is generated from (`src/runtime/virtcontainers/pkg/firecracker/
+/// firecracker.yaml`). ferry serves the part of it that Kata's drivers use,
+/// not all of it (no snapshots, balloon, MMDS, entropy device, CPU
+/// templates). `GET /version` reports it as `firecracker_version`.
+pub const FIRECRACKER_API_VERSION: &str = "1.4.0";
+
+/// What `--version` prints after `ferry `. Tools that drive Firecracker
+/// read the second word of the first line as a version (Kata's Go driver:
+/// `fc.go: parseVersion`, which needs at least 0.21.1), so that word is the
+/// Firecracker API version; ferry's own version follows in words. `-V`
+/// prints ferry's own version alone.
+const LONG_VERSION: &str = concat!(
+    "v1.4.0 (Firecracker API version; ferry ",
+    env!("CARGO_PKG_VERSION"),
+    ")"
+);
+
 /// Boot a Linux guest on KVM, networked through passt.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, after_help = crate::exit_status::help())]
+#[command(
+    name = "ferry",
+    version,
+    long_version = LONG_VERSION,
+    about,
+    after_help = crate::exit_status::help())]
 pub struct Cli {
     /// Guest kernel: a bzImage or an ELF vmlinux.
     #[arg(

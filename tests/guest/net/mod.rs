@@ -4,7 +4,7 @@
 //! a rootless ferry, and passt's end (killed, or outliving ferry: never).
 
 mod peers;
-mod tap;
+pub(crate) mod tap;
 
 use std::time::Duration;
 

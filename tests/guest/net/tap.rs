@@ -16,23 +16,23 @@ use crate::common::Outcome;
 use crate::harness::{check, guest_test, Boot, TestResult, WATCHDOG};
 
 /// The namespace's end of the TAP.
-const PEER: &str = "198.18.0.1";
+pub(crate) const PEER: &str = "198.18.0.1";
 /// The guest's address.
-const GUEST: &str = "198.18.0.2";
+pub(crate) const GUEST: &str = "198.18.0.2";
 /// The TAP's name in the namespace.
-const TAP: &str = "tap0";
+pub(crate) const TAP: &str = "tap0";
 /// One boot moves 64 MiB each way (the passt tests take a boot per
 /// direction): twice the usual watchdog.
 const TIMEOUT: Duration = Duration::from_secs(2 * WATCHDOG.as_secs());
 
 /// A network namespace holding a TAP with the peer address, removed (the
 /// TAP with it) when dropped.
-struct TapNamespace {
-    name: String,
+pub(crate) struct TapNamespace {
+    pub(crate) name: String,
 }
 
 impl TapNamespace {
-    fn new() -> Result<Self, String> {
+    pub(crate) fn new() -> Result<Self, String> {
         let ns = Self {
             name: format!("ferry-tap-{}", std::process::id()),
         };
@@ -63,7 +63,10 @@ impl TapNamespace {
 
     /// Runs `f` on a thread of its own inside the namespace (threads it
     /// starts are inside too).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    pub(crate) fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let file =

@@ -38,8 +38,12 @@ pub const VIRTIO_ID_VSOCK: u32 = virtio_ids::VIRTIO_ID_VSOCK;
 pub const QUEUE_SIZE: u16 = 256;
 /// The lowest CID a guest may have (0 to 2 are the hypervisor's and the host's).
 pub const MIN_GUEST_CID: u64 = 3;
-/// The highest (`u32::MAX` is `VMADDR_CID_ANY`; the spec uses 32 bits).
-pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
+/// The highest: the spec uses 32 bits. `u32::MAX` is `VMADDR_CID_ANY`, no
+/// address a guest should have, but Firecracker takes it and Kata's
+/// runtime-rs sends it (its second `PUT /vsock`, from the resource manager's
+/// `VsockConfig { guest_cid: VMADDR_CID_ANY }`); the host reaches the guest
+/// through the UNIX socket all the same, so ferry takes it too.
+pub const MAX_GUEST_CID: u64 = u32::MAX as u64;
 
 /// What the device offers: the common features only (a device offering
 /// no socket-type feature has stream sockets, and only those).

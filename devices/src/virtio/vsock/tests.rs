@@ -514,13 +514,16 @@ fn the_socket_exists_at_once_is_removed_on_drop_and_a_taken_path_is_refused() {
     assert_eq!(std::fs::read(&path).unwrap(), b"new");
     assert!(!port_path.exists());
 
-    for cid in [0, 1, 2, u64::from(u32::MAX), 1 << 40] {
+    for cid in [0, 1, 2, u64::from(u32::MAX) + 1, 1 << 40] {
         assert!(matches!(
             Vsock::new("v".into(), cid, &dir.path("c")),
             Err(VsockError::InvalidCid(c)) if c == cid
         ));
     }
     assert!(!dir.path("c").exists());
+    // VMADDR_CID_ANY, as Kata's runtime-rs sends it (Firecracker takes it).
+    let any = Vsock::new("v".into(), u64::from(u32::MAX), &dir.path("any")).unwrap();
+    assert_eq!(any.guest_cid(), u64::from(u32::MAX));
 }
 
 #[test]

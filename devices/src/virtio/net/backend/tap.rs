@@ -181,20 +181,44 @@ impl Tap {
         Self::flags(name).map(|_| ())
     }
 
-    /// The TAP's `tun_flags` (sysfs).
+    /// The TAP's `tun_flags`. Whether the device exists is asked of ferry's
+    /// own network namespace (`if_nametoindex`: an ioctl on a socket of that
+    /// namespace); its flags are read from sysfs only when the sysfs entry is
+    /// that device (same ifindex). A runtime that starts ferry after
+    /// `setns(CLONE_NEWNET)` into a pod's namespace (Kata's drivers do)
+    /// leaves /sys showing the namespace that mounted it, where the TAP is
+    /// missing or another device has its name: then ferry assumes a plain
+    /// single-queue TAP and `TUNSETIFF` says if it is not (`EINVAL`).
     fn flags(name: &str) -> Result<libc::c_int, TapError> {
-        let dir = Path::new("/sys/class/net").join(name);
-        if !dir.exists() {
+        let c_name =
+            std::ffi::CString::new(name).map_err(|_| TapError::BadName(name.to_string()))?;
+        // SAFETY: a valid NUL-terminated name; the call only reads it.
+        let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if index == 0 {
             return Err(TapError::NoSuchTap(name.to_string()));
         }
-        let text = std::fs::read_to_string(dir.join("tun_flags"))
-            .map_err(|_| TapError::NotATap(name.to_string()))?;
-        let flags = libc::c_int::from_str_radix(text.trim().trim_start_matches("0x"), 16)
-            .map_err(|_| TapError::NotATap(name.to_string()))?;
-        if flags & libc::IFF_TAP == 0 {
-            return Err(TapError::NotATap(name.to_string()));
+        Self::sysfs_flags(Path::new("/sys/class/net"), name, index).unwrap_or(Ok(libc::IFF_TAP))
+    }
+
+    /// The flags in `sys`/NAME/tun_flags if `sys`/NAME is the device with
+    /// ifindex `index`; `None` if that sysfs entry is another namespace's.
+    fn sysfs_flags(sys: &Path, name: &str, index: u32) -> Option<Result<libc::c_int, TapError>> {
+        let dir = sys.join(name);
+        let ifindex: u32 = std::fs::read_to_string(dir.join("ifindex"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        if ifindex != index {
+            return None;
         }
-        Ok(flags)
+        let flags = std::fs::read_to_string(dir.join("tun_flags"))
+            .ok()
+            .and_then(|text| {
+                libc::c_int::from_str_radix(text.trim().trim_start_matches("0x"), 16).ok()
+            })
+            .filter(|flags| flags & libc::IFF_TAP != 0);
+        Some(flags.ok_or_else(|| TapError::NotATap(name.to_string())))
     }
 
     /// The TAP's name.
@@ -470,5 +494,26 @@ mod tests {
         }
         assert!(!features::has(f, feature::GUEST_UFO));
         assert!(!features::has(f, feature::MTU));
+    }
+
+    #[test]
+    fn sysfs_flags_only_from_the_same_device() {
+        let sys = std::env::temp_dir().join(format!("ferry-tap-sysfs-{}", std::process::id()));
+        let dir = sys.join("tap9");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ifindex"), "7\n").unwrap();
+        std::fs::write(dir.join("tun_flags"), "0x1102\n").unwrap();
+        // The same device: its flags.
+        assert_eq!(Tap::sysfs_flags(&sys, "tap9", 7).unwrap().unwrap(), 0x1102);
+        // Another namespace's device of that name (or none): not read.
+        assert!(Tap::sysfs_flags(&sys, "tap9", 3).is_none());
+        assert!(Tap::sysfs_flags(&sys, "tap8", 7).is_none());
+        // The same device but no TAP.
+        std::fs::write(dir.join("tun_flags"), "0x1001\n").unwrap();
+        assert!(matches!(
+            Tap::sysfs_flags(&sys, "tap9", 7),
+            Some(Err(TapError::NotATap(_)))
+        ));
+        std::fs::remove_dir_all(&sys).unwrap();
     }
 }
