@@ -55,7 +55,6 @@ MEM_MIB = 512
 GW = "192.0.2.254"
 IPERF_PORT = 5201
 RR_PORT = 5202
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 VMMS = ("ferry", *vmms.QEMU_MACHINES)
 
 
@@ -80,16 +79,10 @@ def guest_script(seconds):
 
 
 def cpu_seconds(pid, own=False):
-    """User+system CPU of a process; `own` leaves out the time its vCPUs ran guest code."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total = int(fields[11]) + int(fields[12])
-        if own:
-            total -= int(fields[40])
-        return total / CLK_TCK
-    except (OSError, IndexError, ValueError, TypeError):
-        return None
+    """User+system CPU of a process (with any vhost threads of its own);
+    `own` leaves out the time its vCPUs ran guest code."""
+    total, own_time = vmms.cpu_seconds(pid)
+    return own_time if own else total
 
 
 def children(pid):

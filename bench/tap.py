@@ -43,8 +43,6 @@ IPERF_PORT = 5211
 INITRD = vmms.BENCH_INITRD
 VMMS = ("ferry", "qemu-q35-tap", "qemu-q35-vhost")
 PHASES = ("tx1", "rx1", "tx4", "rx4")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
 
 def guest_script(seconds):
     """The guest's part: a static address, the phases between markers, poweroff. No double quotes."""
@@ -57,33 +55,6 @@ def guest_script(seconds):
         parts.append(f"echo bench:begin:{name}; {cmd}; echo bench:end:{name}:$?")
     parts.append("echo bench:poweroff; poweroff -f")
     return "; ".join(parts)
-
-
-def _stat(path):
-    """(user+sys, guest) CPU seconds from a /proc stat file."""
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[40]) / CLK_TCK
-
-
-def cpu_seconds(pid):
-    """(all, own) CPU seconds of process `pid` and of the vhost kernel
-    threads working for it (`vhost-PID`; before Linux 6.4 not the process's
-    own threads, yet they move its data); `own` leaves out guest time."""
-    try:
-        total, guest = _stat(f"/proc/{pid}/stat")
-    except (OSError, IndexError, ValueError):
-        return None, None
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() == f"vhost-{pid}":
-                    total += _stat(f"/proc/{entry}/stat")[0]
-        except (OSError, IndexError, ValueError):
-            continue
-    return total, total - guest
 
 
 def command(name, seconds):
@@ -112,11 +83,11 @@ def one_run(name, seconds, timeout, tmp):
         now = time.monotonic()
         if line.startswith("bench:begin:"):
             phase, text = line.split(":")[2], []
-            at[phase] = (now, *cpu_seconds(proc.pid))
+            at[phase] = (now, *vmms.cpu_seconds(proc.pid))
         elif line.startswith("bench:end:") and phase:
             status = line.split(":")[3]
             t0, all0, own0 = at[phase]
-            all1, own1 = cpu_seconds(proc.pid)
+            all1, own1 = vmms.cpu_seconds(proc.pid)
             rate, mb = parse_iperf("\n".join(text))
             ph = {"ok": status == "0" and rate is not None, "mbit_s": rate, "mbytes": mb,
                   "wall_s": now - t0}

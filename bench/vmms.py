@@ -199,6 +199,37 @@ class MemorySampler:
         self.done.set()
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_seconds(path):
+    """(user+sys, guest) CPU seconds from a /proc stat file."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[40]) / CLK_TCK
+
+
+def cpu_seconds(pid):
+    """(all, own) CPU seconds of process `pid` so far and of the vhost
+    kernel threads working for it (`vhost-PID`; before Linux 6.4 not the
+    process's own threads, yet they move its data); `own` leaves out the
+    time its vCPUs ran guest code. (None, None) if the process is gone."""
+    try:
+        total, guest = _stat_seconds(f"/proc/{pid}/stat")
+    except (OSError, IndexError, ValueError):
+        return None, None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() == f"vhost-{pid}":
+                    total += _stat_seconds(f"/proc/{entry}/stat")[0]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total, total - guest
+
+
 def spread(values):
     """Median, min, max and count of `values`, those that are None left out
     (None for each figure when none is left)."""

@@ -34,30 +34,6 @@ PORT = 1024
 JOB = f"\"dmesg -n 1; ft vsock-bench {PORT}\""
 
 
-def _cpu(stat_path):
-    """User+system CPU seconds in a /proc stat file."""
-    with open(stat_path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    """User+system CPU seconds of process `pid` so far, and of the vhost
-    kernel threads working for it (`vhost-<pid>`: on kernels before 6.4
-    they are not the process's own threads, yet they move its data)."""
-    total = _cpu(f"/proc/{pid}/stat")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as f:
-                if f.read().strip() == f"vhost-{pid}":
-                    total += _cpu(f"/proc/{entry}/stat")
-        except OSError:
-            continue
-    return total
-
-
 class Vmm:
     """One VMM with a vsock device, and how the host reaches the guest's port."""
 
@@ -186,11 +162,11 @@ def one_run(name, tmp, mib, rr_count):
     try:
         vmm.wait_up()
         nbytes = mib << 20
-        cpu0 = cpu_seconds(vmm.proc.pid)
+        cpu0 = vmms.cpu_seconds(vmm.proc.pid)[0]
         h2g = host_to_guest(vmm, nbytes)
-        cpu1 = cpu_seconds(vmm.proc.pid)
+        cpu1 = vmms.cpu_seconds(vmm.proc.pid)[0]
         g2h = guest_to_host(vmm, nbytes)
-        cpu2 = cpu_seconds(vmm.proc.pid)
+        cpu2 = vmms.cpu_seconds(vmm.proc.pid)[0]
         rr = request_response(vmm, rr_count)
         gb = nbytes / 1e9
         return {
