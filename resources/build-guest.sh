@@ -26,7 +26,7 @@ pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: lin
 
 # Everything that shapes the output goes into one stamp; same stamp, nothing to do.
 modules="virtio virtio_ring virtio_mmio virtio_pci failover net_failover virtio_net virtio_blk pvpanic pvpanic_mmio ext4 vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
-inputs="$here/init $here/udhcpc.script /bin/busybox $0 $here/build-rootfs.sh $here/guest-tool/Cargo.toml $here/guest-tool/src/main.rs"
+inputs="$here/init $here/udhcpc.script $here/modules.sh /bin/busybox $0 $here/build-rootfs.sh $here/guest-tool/Cargo.toml $here/guest-tool/src/main.rs"
 inputs="$inputs $(command -v iperf3 || true)"
 stamp="$pkg $(sha256sum $inputs | sha256sum | cut -c1-16) $modules"
 if [ -s "$out/initramfs.cpio.gz" ] && [ -s "$out/initramfs-bench.cpio.gz" ] && [ -s "$out/vmlinuz" ] && [ -s "$out/rootfs.ext4" ] && [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
@@ -63,35 +63,9 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
   --manifest-path "$here/guest-tool/Cargo.toml" --target x86_64-unknown-linux-gnu --target-dir "$out/guest-tool"
 cp "$out/guest-tool/x86_64-unknown-linux-gnu/release/ft" "$root/bin/ft"
 
-# Load order: each module after the modules it depends on (modules.dep).
-declare -A seen=()
-order=()
-visit() {
-  local p=$1
-  [ -n "${seen[$p]:-}" ] && return 0
-  seen[$p]=1
-  local d
-  for d in $(awk -F': *' -v p="$p" '$1==p {print $2; exit}' "$moddir/modules.dep" | tr ' ' '\n' | tac); do visit "$d"; done
-  order+=("$p")
-}
-for m in $modules; do
-  p=$(awk -F: -v m="/${m//_/[-_]}.ko" '$1 ~ m"(\\.xz|\\.zst|\\.gz)?$" {print $1; exit}' "$moddir/modules.dep")
-  if [ -z "$p" ]; then
-    # Built into this kernel: nothing to load.
-    grep -q "/${m//_/[-_]}.ko" "$moddir/modules.builtin" && continue
-    echo "build-guest: module $m not found in $pkg" >&2; exit 1
-  fi
-  visit "$p"
-done
-for p in "${order[@]}"; do
-  f=$(basename "$p")
-  case "$f" in
-    *.xz) xz -dc "$moddir/$p" > "$root/lib/modules/${f%.xz}"; f=${f%.xz} ;;
-    *.zst) zstd -dqc "$moddir/$p" > "$root/lib/modules/${f%.zst}"; f=${f%.zst} ;;
-    *) cp "$moddir/$p" "$root/lib/modules/$f" ;;
-  esac
-  echo "$f"
-done > "$root/lib/modules/order"
+# The modules, each after those it depends on (modules.dep).
+. "$here/modules.sh"
+copy_modules "$moddir" "$root/lib/modules" $modules || { echo "build-guest: in $pkg" >&2; exit 1; }
 
 pack() { (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) > "$1"; }
 pack "$out/initramfs.cpio.gz.new"

@@ -75,7 +75,7 @@ fi
 [ -n "$pkg" ] || die "cannot resolve linux-image-cloud-amd64"
 
 modules="virtio virtio_ring virtio_pci virtio_mmio failover net_failover virtio_net vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
-stamp="$pkg $(sha256sum "$self" "$repo/resources/udhcpc.script" /bin/busybox "$dir/kata-agent" | sha256sum | cut -c1-16) $modules"
+stamp="$pkg $(sha256sum "$self" "$repo/resources/udhcpc.script" "$repo/resources/modules.sh" /bin/busybox "$dir/kata-agent" | sha256sum | cut -c1-16) $modules"
 
 report() {
   if [ "$print_dir" = yes ]; then
@@ -135,34 +135,8 @@ done
 [ -e "$root/lib64/ld-linux-x86-64.so.2" ] || { mkdir -p "$root/lib64"; cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"; }
 
 # The modules, each after those it depends on (modules.dep).
-declare -A seen=()
-order=()
-visit() {
-  local p=$1
-  [ -n "${seen[$p]:-}" ] && return 0
-  seen[$p]=1
-  local d
-  for d in $(awk -F': *' -v p="$p" '$1==p {print $2; exit}' "$moddir/modules.dep" | tr ' ' '\n' | tac); do visit "$d"; done
-  order+=("$p")
-}
-for m in $modules; do
-  p=$(awk -F: -v m="/${m//_/[-_]}.ko" '$1 ~ m"(\\.xz|\\.zst|\\.gz)?$" {print $1; exit}' "$moddir/modules.dep")
-  if [ -z "$p" ]; then
-    grep -q "/${m//_/[-_]}.ko" "$moddir/modules.builtin" && continue  # built in
-    die "module $m not found in $pkg"
-  fi
-  visit "$p"
-done
-for p in "${order[@]}"; do
-  f=$(basename "$p")
-  case "$f" in
-    *.xz) xz -dc "$moddir/$p" > "$root/lib/modules/${f%.xz}"; f=${f%.xz} ;;
-    *.zst) zstd -dqc "$moddir/$p" > "$root/lib/modules/${f%.zst}"; f=${f%.zst} ;;
-    *.gz) gzip -dc "$moddir/$p" > "$root/lib/modules/${f%.gz}"; f=${f%.gz} ;;
-    *) cp "$moddir/$p" "$root/lib/modules/$f" ;;
-  esac
-  echo "$f"
-done > "$root/lib/modules/order"
+. "$here/../modules.sh"
+copy_modules "$moddir" "$root/lib/modules" $modules || { echo "build-agent-initramfs: in $pkg" >&2; exit 1; }
 
 # /init: modules, then kata-agent as PID 1 (it mounts what it needs itself;
 # nothing is mounted here, so that its own mounts find the places free).
