@@ -160,3 +160,41 @@ fn readme_publish() -> TestResult {
         .into()),
     }
 }
+
+#[guest_test]
+fn readme_tap_static() -> TestResult {
+    // kvm-host's kernel has tun as a module (a host running ferry has it loaded).
+    let _ = std::process::Command::new("modprobe").arg("tun").output();
+    let out = run_block("tap-static");
+    // The block makes tap0; it goes whatever happened.
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", "tap0"])
+        .output();
+    let out = out?;
+    check(
+        out.status == Some(0),
+        "the guest's ping should succeed",
+        &out,
+    )?;
+    check(
+        out.stdout
+            .contains("3 packets transmitted, 3 packets received"),
+        "the guest should reach the TAP's address three times",
+        &out,
+    )
+}
+
+#[guest_test]
+fn readme_kata_boot() -> TestResult {
+    let out = run_block("kata-boot")?;
+    check(
+        out.status == Some(0),
+        "the guest's nproc should succeed",
+        &out,
+    )?;
+    check(
+        out.stdout.lines().any(|l| l.trim() == "4"),
+        "nproc should print 4 (vcpu_count 4, found through the MP table with acpi=off)",
+        &out,
+    )
+}
