@@ -14,6 +14,12 @@
 #                            links (from this machine's glibc), the modules
 #   <dir>/vmlinuz            the Debian cloud kernel those modules belong to
 #                            (the package resources/build-guest.sh uses)
+#   <dir>/kata-containers.img  Kata's guest image as its osbuilder makes it
+#                            with AGENT_INIT=yes: an MBR disk, one ext4
+#                            partition from 1 MiB whose /sbin/init is
+#                            kata-agent; no modules (for a kernel with
+#                            everything built in: resources/kernel/), booted
+#                            as Kata boots it (root=/dev/vda1 ... ro)
 #   <dir>/kata-agent, <dir>/kata-agent-client  (from build-agent.sh)
 #
 # As PID 1 the agent mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run and
@@ -59,7 +65,7 @@ die() { log "$*"; exit 1; }
 
 dir=$("$here/build-agent.sh" --print-dir)
 
-for t in apt-cache apt-get dpkg cpio gzip depmod ldd; do
+for t in apt-cache apt-get dpkg cpio gzip depmod ldd mkfs.ext4 python3; do
   command -v "$t" >/dev/null || die "$t missing (apt-get install -y cpio kmod)"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing (apt-get install -y busybox-static)"
@@ -86,7 +92,8 @@ report() {
   fi
 }
 
-if [ -s "$dir/initramfs.cpio.gz" ] && [ -s "$dir/vmlinuz" ] && [ "$(cat "$dir/initramfs.stamp" 2>/dev/null)" = "$stamp" ]; then
+if [ -s "$dir/initramfs.cpio.gz" ] && [ -s "$dir/vmlinuz" ] && [ -s "$dir/kata-containers.img" ] \
+   && [ "$(cat "$dir/initramfs.stamp" 2>/dev/null)" = "$stamp" ]; then
   log "$dir/initramfs.cpio.gz is up to date ($pkg)"
   report
   exit 0
@@ -142,12 +149,16 @@ copy_modules "$moddir" "$root/lib/modules" $modules || { echo "build-agent-initr
 # nothing is mounted here, so that its own mounts find the places free).
 cat > "$root/init" <<'EOF'
 #!/bin/sh
-# Loads the virtio and vsock modules, takes a DHCP lease on eth0 if there
-# is one, then becomes kata-agent (PID 1).
+# Loads the virtio and vsock modules (Debian's kernel), takes a DHCP lease
+# on eth0 if there is one, then becomes kata-agent (PID 1).
 export PATH=/usr/bin:/bin:/sbin:/usr/sbin
-while read -r m; do
-  insmod "/lib/modules/$m" || echo "init: insmod $m failed"
-done < /lib/modules/order
+# (A kernel with everything built in, as resources/kernel/ builds it, has
+# no /proc/modules and needs none.)
+if [ -e /proc/modules ]; then
+  while read -r m; do
+    insmod "/lib/modules/$m" || echo "init: insmod $m failed"
+  done < /lib/modules/order
+fi
 if ip link set eth0 up 2>/dev/null; then
   # Up to a minute: passt may still be opening its forwarded ports.
   udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 60 -T 1 >/dev/null 2>&1 \
@@ -157,10 +168,34 @@ exec /usr/bin/kata-agent
 EOF
 chmod +x "$root/init"
 
+# The guest image: the same tree without the modules and the script, the
+# agent as /sbin/init, in an ext4 partition of an MBR disk.
+image_root=$tmp/image-root
+cp -a "$root" "$image_root"
+rm -rf "$image_root/init" "$image_root/lib/modules"
+ln -s /usr/bin/kata-agent "$image_root/sbin/init"
+# /var/run is /run, as in any distribution's root (the agent keeps a
+# sandbox's namespaces under /var/run/sandbox-ns; the root is read-only).
+mkdir -p "$image_root/var"
+ln -s ../run "$image_root/var/run"
+mkfs.ext4 -q -F -L kata-rootfs -E root_owner=0:0 -d "$image_root" "$tmp/rootfs.ext4" 48M
+python3 - "$tmp/rootfs.ext4" "$dir/kata-containers.img.new" <<'EOF2'
+import struct, sys
+fs = open(sys.argv[1], "rb").read()
+start = 2048  # the partition starts at 1 MiB
+mbr = bytearray(512)
+# One primary partition: not bootable, type 0x83 (Linux), LBA start and size.
+mbr[446:462] = bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + struct.pack("<II", start, len(fs) // 512)
+mbr[510:512] = b"\x55\xaa"
+with open(sys.argv[2], "wb") as out:
+    out.write(mbr + bytes(start * 512 - 512) + fs)
+EOF2
+
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6) > "$dir/initramfs.cpio.gz.new"
 cp "$tmp/x/boot/vmlinuz-$kver" "$dir/vmlinuz.new"
 mv "$dir/vmlinuz.new" "$dir/vmlinuz"
 mv "$dir/initramfs.cpio.gz.new" "$dir/initramfs.cpio.gz"
+mv "$dir/kata-containers.img.new" "$dir/kata-containers.img"
 echo "$stamp" > "$dir/initramfs.stamp"
-log "built $dir/initramfs.cpio.gz ($pkg; modules: $(tr '\n' ' ' < "$root/lib/modules/order"))"
+log "built $dir/initramfs.cpio.gz and kata-containers.img ($pkg; modules: $(tr '\n' ' ' < "$root/lib/modules/order"))"
 report

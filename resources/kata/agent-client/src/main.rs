@@ -10,8 +10,11 @@
 //! ttrpc. Without it, ttrpc starts at once (Kata's remote-hypervisor agent
 //! socket, or a local agent started with `KATA_AGENT_SERVER_ADDR=unix://…`).
 //!
-//! The JSON is the serde form of Kata's `protocols` messages: enums are
-//! numbers, so a healthy agent's Check answer is `{"status":1}` (SERVING).
+//! A call is its name, with an empty request, or `NAME=JSON`, its request
+//! as JSON (`UpdateInterface={"interface":{"name":"eth0",...}}`). The JSON
+//! both ways is the serde form of Kata's `protocols` messages: field names
+//! as in the .proto files, enums as numbers, so a healthy agent's Check
+//! answer is `{"status":1}` (SERVING).
 //!
 //! Exit status: 0 when every call succeeded, 1 when connecting or a call
 //! failed (the reason on stderr), 2 on a usage error.
@@ -19,7 +22,10 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use protocols::agent::{GuestDetailsRequest, ListInterfacesRequest, ListRoutesRequest};
+use protocols::agent::{
+    CreateSandboxRequest, GuestDetailsRequest, ListInterfacesRequest, ListRoutesRequest,
+    UpdateInterfaceRequest, UpdateRoutesRequest, VolumeStatsRequest,
+};
 use protocols::agent_ttrpc_async::AgentServiceClient;
 use protocols::health::CheckRequest;
 use protocols::health_ttrpc_async::HealthClient;
@@ -29,15 +35,19 @@ use ttrpc::asynchronous::transport::Socket;
 use ttrpc::asynchronous::Client;
 
 const USAGE: &str = "\
-usage: kata-agent-client --server-address unix://PATH [--hybrid-vsock] [--port N]
+usage: kata-agent-client --server-address unix://PATH [--hybrid-vsock [--verb V]] [--port N]
                          [--timeout SECS] [--wait SECS] CALL...
   --server-address unix://PATH  the agent's socket (a plain PATH is accepted too)
   --hybrid-vsock                send `CONNECT <port>` first and expect `OK ...`
+  --verb V                      the handshake's verb (default CONNECT; Kata's
+                                runtime-rs sends `connect`)
   --port N                      vsock port for --hybrid-vsock (default 1024, the agent's)
   --timeout SECS                limit for connecting and for each call (default 10)
   --wait SECS                   retry connecting (and the handshake) for up to SECS
                                 seconds, for a guest that is still booting (default 0)
-CALL is one or more of: Check Version GetGuestDetails ListInterfaces ListRoutes
+CALL is NAME (an empty request) or NAME=JSON (the request), NAME one of:
+  Check Version GetGuestDetails ListInterfaces ListRoutes UpdateInterface
+  UpdateRoutes CreateSandbox GetVolumeStats
 (default: Check GetGuestDetails). Each answer is printed as one line of JSON.";
 
 const CALLS: &[&str] = &[
@@ -46,27 +56,44 @@ const CALLS: &[&str] = &[
     "GetGuestDetails",
     "ListInterfaces",
     "ListRoutes",
+    "UpdateInterface",
+    "UpdateRoutes",
+    "CreateSandbox",
+    "GetVolumeStats",
 ];
+
+/// One call: its name and its request as JSON (`None`: the empty request).
+#[derive(Debug)]
+struct Call {
+    name: String,
+    request: Option<String>,
+}
 
 #[derive(Debug)]
 struct Options {
     path: String,
     hybrid_vsock: bool,
+    verb: String,
     port: u32,
     timeout: Duration,
     wait: Duration,
-    calls: Vec<String>,
+    calls: Vec<Call>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut path = None;
     let mut hybrid_vsock = false;
+    let mut verb = "CONNECT".to_string();
     let mut port = 1024u32;
     let mut timeout = Duration::from_secs(10);
     let mut wait = Duration::ZERO;
     let mut calls = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if let Some(call) = parse_call(a) {
+            calls.push(call);
+            continue;
+        }
         let (name, inline) = match a.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
             _ => (a.as_str(), None),
@@ -102,28 +129,51 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 path = Some(p);
             }
             "--hybrid-vsock" => hybrid_vsock = true,
+            "--verb" => {
+                verb = value("a verb")?;
+                if verb.is_empty() || verb.contains(char::is_whitespace) {
+                    return Err(format!("--verb: not a word: {verb:?}"));
+                }
+            }
             "--port" => {
                 let v = value("a port number")?;
-                port = v.parse().map_err(|_| format!("--port: not a port: {v:?}"))?;
+                port = v
+                    .parse()
+                    .map_err(|_| format!("--port: not a port: {v:?}"))?;
             }
             "--timeout" => timeout = secs(value("SECS")?)?,
             "--wait" => wait = secs(value("SECS")?)?,
             "-h" | "--help" => return Err(String::new()),
-            c if CALLS.contains(&c) => calls.push(c.to_string()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     let path = path.ok_or("--server-address is required")?;
     if calls.is_empty() {
-        calls = vec!["Check".into(), "GetGuestDetails".into()];
+        calls = ["Check", "GetGuestDetails"]
+            .into_iter()
+            .filter_map(parse_call)
+            .collect();
     }
     Ok(Options {
         path,
         hybrid_vsock,
+        verb,
         port,
         timeout,
         wait,
         calls,
+    })
+}
+
+/// `NAME` or `NAME=JSON`, NAME a known call; `None` for anything else.
+fn parse_call(arg: &str) -> Option<Call> {
+    let (name, request) = match arg.split_once('=') {
+        Some((name, json)) => (name, Some(json.to_string())),
+        None => (arg, None),
+    };
+    CALLS.contains(&name).then(|| Call {
+        name: name.to_string(),
+        request,
     })
 }
 
@@ -133,9 +183,9 @@ async fn connect_once(o: &Options) -> Result<UnixStream, String> {
         .await
         .map_err(|e| format!("connect {}: {e}", o.path))?;
     if o.hybrid_vsock {
-        s.write_all(format!("CONNECT {}\n", o.port).as_bytes())
+        s.write_all(format!("{} {}\n", o.verb, o.port).as_bytes())
             .await
-            .map_err(|e| format!("hybrid vsock: sending CONNECT {}: {e}", o.port))?;
+            .map_err(|e| format!("hybrid vsock: sending {} {}: {e}", o.verb, o.port))?;
         // Byte by byte: nothing after the newline belongs to the handshake.
         let mut line = Vec::new();
         loop {
@@ -197,34 +247,90 @@ fn line<T: serde::Serialize>(call: &str, response: &T) -> Result<String, String>
     serde_json::to_string(&v).map_err(|e| format!("{call}: cannot print the answer: {e}"))
 }
 
-async fn call(client: &Client, name: &str, timeout: Duration) -> Result<String, String> {
+/// The request of `call`: parsed from its JSON, else the empty one.
+fn request<T: serde::de::DeserializeOwned + Default>(call: &Call) -> Result<T, String> {
+    match &call.request {
+        None => Ok(T::default()),
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| format!("{}: the request is not valid JSON for it: {e}", call.name)),
+    }
+}
+
+async fn call(client: &Client, call: &Call, timeout: Duration) -> Result<String, String> {
     let ctx = || ttrpc::context::with_timeout(timeout.as_nanos().min(i64::MAX as u128) as i64);
     let health = HealthClient::new(client.clone());
     let agent = AgentServiceClient::new(client.clone());
+    let name = call.name.as_str();
     let err = |e: ttrpc::Error| format!("{name}: {e}");
-    let call = async {
+    let answer = async {
         match name {
-            "Check" => line(name, &health.check(ctx(), &CheckRequest::new()).await.map_err(err)?),
-            "Version" => line(name, &health.version(ctx(), &CheckRequest::new()).await.map_err(err)?),
+            "Check" => line(
+                name,
+                &health
+                    .check(ctx(), &request::<CheckRequest>(call)?)
+                    .await
+                    .map_err(err)?,
+            ),
+            "Version" => line(
+                name,
+                &health
+                    .version(ctx(), &request::<CheckRequest>(call)?)
+                    .await
+                    .map_err(err)?,
+            ),
             "GetGuestDetails" => {
-                let req = GuestDetailsRequest {
-                    mem_block_size: true,
-                    mem_hotplug_probe: true,
-                    ..Default::default()
+                let req = match call.request {
+                    Some(_) => request::<GuestDetailsRequest>(call)?,
+                    None => GuestDetailsRequest {
+                        mem_block_size: true,
+                        mem_hotplug_probe: true,
+                        ..Default::default()
+                    },
                 };
-                line(name, &agent.get_guest_details(ctx(), &req).await.map_err(err)?)
+                line(
+                    name,
+                    &agent.get_guest_details(ctx(), &req).await.map_err(err)?,
+                )
             }
             "ListInterfaces" => line(
                 name,
                 &agent
-                    .list_interfaces(ctx(), &ListInterfacesRequest::new())
+                    .list_interfaces(ctx(), &request::<ListInterfacesRequest>(call)?)
                     .await
                     .map_err(err)?,
             ),
             "ListRoutes" => line(
                 name,
                 &agent
-                    .list_routes(ctx(), &ListRoutesRequest::new())
+                    .list_routes(ctx(), &request::<ListRoutesRequest>(call)?)
+                    .await
+                    .map_err(err)?,
+            ),
+            "UpdateInterface" => line(
+                name,
+                &agent
+                    .update_interface(ctx(), &request::<UpdateInterfaceRequest>(call)?)
+                    .await
+                    .map_err(err)?,
+            ),
+            "UpdateRoutes" => line(
+                name,
+                &agent
+                    .update_routes(ctx(), &request::<UpdateRoutesRequest>(call)?)
+                    .await
+                    .map_err(err)?,
+            ),
+            "CreateSandbox" => line(
+                name,
+                &agent
+                    .create_sandbox(ctx(), &request::<CreateSandboxRequest>(call)?)
+                    .await
+                    .map_err(err)?,
+            ),
+            "GetVolumeStats" => line(
+                name,
+                &agent
+                    .get_volume_stats(ctx(), &request::<VolumeStatsRequest>(call)?)
                     .await
                     .map_err(err)?,
             ),
@@ -232,7 +338,7 @@ async fn call(client: &Client, name: &str, timeout: Duration) -> Result<String, 
         }
     };
     // ttrpc's own timeout covers the call once sent; this one also a stuck send.
-    tokio::time::timeout(timeout + Duration::from_secs(1), call)
+    tokio::time::timeout(timeout + Duration::from_secs(1), answer)
         .await
         .unwrap_or_else(|_| Err(format!("{name}: timed out after {timeout:?}")))
 }
@@ -240,8 +346,8 @@ async fn call(client: &Client, name: &str, timeout: Duration) -> Result<String, 
 async fn run(o: Options) -> Result<(), String> {
     let stream = connect(&o).await?;
     let client = Client::new(Socket::from(stream));
-    for name in &o.calls {
-        println!("{}", call(&client, name, o.timeout).await?);
+    for c in &o.calls {
+        println!("{}", call(&client, c, o.timeout).await?);
     }
     Ok(())
 }
@@ -259,7 +365,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kata-agent-client: cannot start tokio: {e}");
