@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{api_call, guest_file, readme, wait_for, FERRY};
-use crate::harness::{guest_test, Scratch, TestError, TestResult, WATCHDOG};
+use crate::harness::{guest_test, kata_style_kernel, Scratch, TestError, TestResult, WATCHDOG};
 
 /// Kata's Go driver polls `GET /` this often until the VM runs.
 const POLL: Duration = Duration::from_millis(10);
@@ -113,6 +113,14 @@ impl ApiFerry {
         Ok((status.code(), self.console_text()))
     }
 
+    /// Ends ferry at once (the test has failed already); returns its
+    /// status and console.
+    fn kill(mut self) -> TestResult<(Option<i32>, String)> {
+        let _ = self.child.kill();
+        let status = self.child.wait().map_err(|e| format!("{e}"))?;
+        Ok((status.code(), self.console_text()))
+    }
+
     fn console_text(&self) -> String {
         std::fs::read_to_string(&self.console).unwrap_or_default()
     }
@@ -120,7 +128,7 @@ impl ApiFerry {
 
 /// The body of `PUT /boot-source` for the test guest running `guest_cmd`.
 fn boot_source(guest_cmd: &str) -> TestResult<String> {
-    let kernel = guest_file("vmlinuz")?;
+    let kernel = kata_style_kernel()?;
     let initrd = guest_file("initramfs.cpio.gz")?;
     Ok(serde_json::json!({
         "kernel_image_path": kernel,
@@ -247,25 +255,10 @@ fn api_boot_polled_until_running_ends_with_the_guests_status() -> TestResult {
     Ok(())
 }
 
-#[guest_test]
-fn api_ctrl_alt_del_shuts_the_guest_down() -> TestResult {
-    let vm = ApiFerry::start("api-cad", &["--net", "none"])?;
-    // Short sleeps: init takes Ctrl-Alt-Del (SIGINT) between two commands.
-    vm.expect(
-        204,
-        "PUT",
-        "/boot-source",
-        Some(&boot_source("while :; do sleep 0.2; done")?),
-    )?;
-    vm.expect(
-        204,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    )?;
-    vm.wait_running()?;
-    // Once its init runs: before that, Linux takes Ctrl-Alt-Del as a
-    // reboot (init has not asked for it as a signal yet).
+/// Once the guest's init runs (before that, Linux takes Ctrl-Alt-Del as
+/// a reboot: init has not asked for it as a signal yet), sends
+/// `SendCtrlAltDel` until the API takes it.
+fn send_ctrl_alt_del(vm: &ApiFerry) -> TestResult {
     let deadline = Instant::now() + WATCHDOG;
     while !vm.console_text().contains("init: userspace started") {
         if Instant::now() > deadline {
@@ -284,7 +277,7 @@ fn api_ctrl_alt_del_shuts_the_guest_down() -> TestResult {
             Some(r#"{"action_type": "SendCtrlAltDel"}"#),
         );
         if status == 204 {
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err(TestError::Hazard(format!(
@@ -294,15 +287,10 @@ fn api_ctrl_alt_del_shuts_the_guest_down() -> TestResult {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (status, console) = vm.wait()?;
-    if status != Some(0) || !console.contains("init: powering off") {
-        return Err(format!("the guest should power off cleanly: {status:?}\n{console}").into());
-    }
-    Ok(())
 }
 
 /// Builds an ext4 image holding `hello.txt` with `text`.
-fn ext4_with(scratch: &Scratch, name: &str, text: &str) -> TestResult<PathBuf> {
+pub(crate) fn ext4_with(scratch: &Scratch, name: &str, text: &str) -> TestResult<PathBuf> {
     let dir = scratch.path(&format!("{name}.d"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{e}"))?;
     std::fs::write(dir.join("hello.txt"), text).map_err(|e| format!("{e}"))?;
@@ -319,18 +307,23 @@ fn ext4_with(scratch: &Scratch, name: &str, text: &str) -> TestResult<PathBuf> {
     Ok(image)
 }
 
+/// Kata's hot-plug: two drives on 0-byte placeholders before boot, each
+/// `PATCH`ed after boot (one bind-mounted over, one a new path); the guest
+/// reads both. Then `SendCtrlAltDel` shuts the guest down cleanly.
 #[guest_test]
-fn api_drive_patched_after_boot_is_read_by_the_guest() -> TestResult {
+fn api_drive_patched_after_boot_is_read_then_ctrl_alt_del_shuts_down() -> TestResult {
     let vm = ApiFerry::start("api-hotplug", &["--net", "none"])?;
     // Kata's pool: drives on 0-byte placeholder files, made before boot.
     let placeholder = vm.scratch.path("drive_0");
     std::fs::write(&placeholder, b"").map_err(|e| format!("{e}"))?;
     let second = vm.scratch.path("drive_1");
     std::fs::write(&second, b"").map_err(|e| format!("{e}"))?;
-    // The guest waits for its disks to get a size, then reads them.
+    // The guest waits for its disks to get a size, then reads them; then
+    // short sleeps: init takes Ctrl-Alt-Del (SIGINT) between two commands.
     let read = "for d in vda vdb; do \
         while [ $(cat /sys/block/$d/size) = 0 ]; do sleep 0.2; done; \
-        mount -o ro /dev/$d /mnt && cat /mnt/hello.txt && umount /mnt; done";
+        mount -o ro /dev/$d /mnt && cat /mnt/hello.txt && umount /mnt; done; \
+        echo disks-read-$((6*7)); while :; do sleep 0.2; done";
     vm.expect(204, "PUT", "/boot-source", Some(&boot_source(read)?))?;
     for (id, path) in [("drive_0", &placeholder), ("drive_1", &second)] {
         vm.expect(
@@ -384,16 +377,36 @@ fn api_drive_patched_after_boot_is_read_by_the_guest() -> TestResult {
             )),
         )
     });
-    let ended = vm.wait();
+    let read_both = patched.and_then(|_| {
+        let deadline = Instant::now() + WATCHDOG;
+        // (The kernel echoes its command line: the marker is computed.)
+        while !vm.console_text().contains("disks-read-42") {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the guest should read both hot-plugged disks\n{}",
+                    vm.console_text()
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        send_ctrl_alt_del(&vm)
+    });
+    let ended = if read_both.is_ok() {
+        vm.wait()
+    } else {
+        vm.kill()
+    };
     let _ = Command::new("umount").arg(&placeholder).status();
-    patched?;
+    read_both?;
     let (status, console) = ended?;
-    if status != Some(0)
-        || !console.contains("first disk, bind-mounted")
-        || !console.contains("second disk, a new path")
+    if !console.contains("first disk, bind-mounted") || !console.contains("second disk, a new path")
     {
+        return Err(format!("the guest should read both hot-plugged disks\n{console}").into());
+    }
+    if status != Some(0) || !console.contains("init: powering off") {
         return Err(format!(
-            "the guest should read both hot-plugged disks ({status:?})\n{console}"
+            "Ctrl-Alt-Del should power the guest off cleanly: {status:?}\n{console}"
         )
         .into());
     }

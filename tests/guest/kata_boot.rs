@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, guest_file, repo_root, FERRY};
-use crate::harness::{guest_test, Scratch, TestError, TestResult, WATCHDOG};
+use crate::common::{self, guest_file, FERRY};
+use crate::harness::{guest_test, kata_style_kernel, Scratch, TestError, TestResult, WATCHDOG};
 
 /// What Kata's Go driver appends to a Firecracker guest's kernel command
 /// line (`fcKernelParams` in `src/runtime/virtcontainers/fc.go`), word for word.
@@ -35,24 +35,6 @@ const HOST_PORT: u32 = 5000;
 const GREETING: &str = "hello from the kata-style host";
 /// How many bytes the guest sends the host and expects back.
 const GUEST_BYTES: u32 = 1 << 20;
-
-/// The kernel `resources/kernel/build-kernel.sh` built (and cached).
-pub(crate) fn kata_kernel() -> Result<PathBuf, String> {
-    let script = repo_root().join("resources/kernel/build-kernel.sh");
-    let out = Command::new(&script)
-        .arg("--check")
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || path.is_empty() {
-        return Err(format!(
-            "the Kata-style guest kernel is not built: run resources/kernel/build-kernel.sh \
-             (scripts/setup does)\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(PathBuf::from(path))
-}
 
 /// `s` as a JSON string.
 pub(crate) fn json_string(s: &str) -> String {
@@ -158,7 +140,7 @@ fn host_vsock(uds: &Path) -> TestResult<Arc<AtomicBool>> {
 
 #[guest_test]
 fn kata_firecracker_boot_sees_cpus_disk_net_and_vsock() -> TestResult {
-    let kernel = kata_kernel()?;
+    let kernel = kata_style_kernel()?;
     let scratch = Scratch::new("kata-boot")?;
     let marker = format!("ferry-kata-disk-{}", std::process::id());
     let disk = scratch.path("disk.img");

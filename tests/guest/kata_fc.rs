@@ -3,13 +3,17 @@
 //! ferry, one boot each: the Go runtime's (`src/runtime/virtcontainers/
 //! fc.go`) and runtime-rs's (`src/runtime-rs/crates/hypervisor/src/
 //! firecracker/`). Each step names the Kata file and function it comes
-//! from. The guest is the test guest's root disk (resources/out/
-//! rootfs.ext4) in a partitioned image, booted as Kata boots its guest
-//! image (`root=/dev/vda1`, no initrd) on the Kata-style kernel
-//! (resources/kernel/), with a TAP in a network namespace as Kata's
-//! `tcfilter` model leaves it. The guest serves vsock port 1024 (where
-//! Kata's agent listens) with an echo and reports the drive hot-plugged
-//! into it; the real kata-agent and containerd are not part of this.
+//! from. The guest is Kata's: its image as osbuilder makes it with
+//! `AGENT_INIT=yes` (kata-agent as /sbin/init, resources/kata/), booted as
+//! Kata boots it (`root=/dev/vda1 ... ro`, no initrd) on the Kata-style
+//! kernel (resources/kernel/), with a TAP in a network namespace as Kata's
+//! `tcfilter` model leaves it. The runtime's side of the agent protocol is
+//! resources/kata's client, through the hybrid vsock as each driver dials
+//! it: `Check`, the pod's address and route (`UpdateInterface`,
+//! `UpdateRoutes`, then a ping from the namespace through the TAP), and
+//! after the hot-plug the agent's storage call for the container's drive
+//! (`CreateSandbox` with an `mmioblk` storage on `/dev/vdb`), its mount
+//! seen by `GetVolumeStats`. containerd and Kata's shim are not part of it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -20,15 +24,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{guest_file, FERRY};
-use crate::harness::{guest_test, Scratch, TestError, TestResult};
-use crate::kata_boot::{json_string, kata_kernel};
+use crate::api::ext4_with;
+use crate::common::FERRY;
+use crate::harness::{
+    guest_test, kata_agent_dir, kata_style_kernel, Scratch, TestError, TestResult,
+};
+use crate::kata_boot::json_string;
 use crate::net::tap::{TapNamespace, GUEST, PEER, TAP};
 
-/// What the guest echoes on the agent's port.
-const GREETING: &str = "hello from the replayed kata runtime";
 /// Kata's agent port (`fc.go: GenerateSocket`; runtime-rs `server_port`).
 const AGENT_PORT: u32 = 1024;
+/// The port the agent serves its log on with `agent.log_vport=1025`
+/// (runtime-rs's `LOG_VPORT`).
+const AGENT_LOG_PORT: u32 = 1025;
+/// The guest card's MAC, as both drivers give it (the agent finds the
+/// interface by it).
+const GUEST_MAC: &str = "0a:58:0a:f4:00:05";
+/// Where Kata mounts a container's root filesystem in the guest
+/// (`kataGuestSharedDir()/<container id>/rootfs`).
+const CONTAINER_ROOTFS: &str = "/run/kata-containers/shared/containers/ferry-replay/rootfs";
 
 /// An HTTP/1.1 answer.
 struct Reply {
@@ -186,23 +200,18 @@ fn rs_put(client: &mut Client, method: &str, path: &str, body: &str) -> Result<u
     ))
 }
 
-/// A disk image with an MBR and one Linux partition from 1 MiB holding the
-/// test guest's root filesystem: what Kata's guest image looks like to the
-/// guest (`root=/dev/vda1`).
-fn partitioned_root_image(path: &Path) -> Result<(), String> {
-    let fs = std::fs::read(guest_file("rootfs.ext4")?)
-        .map_err(|e| format!("cannot read the root filesystem: {e}"))?;
-    let start: u32 = 2048;
-    let sectors = (fs.len() / 512) as u32;
-    let mut image = vec![0u8; 1 << 20];
-    let entry = &mut image[446..462];
-    entry[4] = 0x83; // Linux
-    entry[8..12].copy_from_slice(&start.to_le_bytes());
-    entry[12..16].copy_from_slice(&sectors.to_le_bytes());
-    image[510] = 0x55;
-    image[511] = 0xaa;
-    image.extend_from_slice(&fs);
-    std::fs::write(path, image).map_err(|e| format!("cannot write {path:?}: {e}"))
+/// Kata's guest image: kata-agent as /sbin/init in an ext4 partition from
+/// 1 MiB of an MBR disk (resources/kata/build-agent-initramfs.sh).
+fn kata_image() -> Result<PathBuf, String> {
+    let image = kata_agent_dir()?.join("kata-containers.img");
+    if image.exists() {
+        Ok(image)
+    } else {
+        Err(format!(
+            "{} is missing: scripts/setup builds it",
+            image.display()
+        ))
+    }
 }
 
 /// Bind mounts made as Kata's `fcJailResource` makes them, undone (as
@@ -288,71 +297,154 @@ fn listen_to_fifo(
     Ok((reader, text))
 }
 
-/// The agent's dialer: `CONNECT`/`connect` on the hybrid vsock until a
-/// line holding `OK` comes back, then the greeting, echoed by the guest.
-/// `pause` is the wait between tries (none in the Go driver's
-/// `commonDialer`, `dial_timeout_ms` in runtime-rs's `connect_helper`).
-fn dial_agent(uds: &Path, verb: &str, pause: Duration, budget: Duration) -> Result<u32, String> {
-    let deadline = Instant::now() + budget;
-    let mut tries = 0;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        tries += 1;
-        let attempt = (|| -> Result<(), String> {
-            let mut stream = UnixStream::connect(uds).map_err(|e| format!("connect: {e}"))?;
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| e.to_string())?;
-            stream
-                .write_all(format!("{verb} {AGENT_PORT}\n").as_bytes())
-                .map_err(|e| format!("write: {e}"))?;
-            let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-            let mut ok = String::new();
-            reader
-                .read_line(&mut ok)
-                .map_err(|e| format!("read: {e}"))?;
-            if !ok.contains("OK") {
-                return Err(format!("answer {ok:?}"));
-            }
-            stream
-                .write_all(format!("{GREETING}\n").as_bytes())
-                .map_err(|e| format!("write: {e}"))?;
-            let mut echo = String::new();
-            reader
-                .read_line(&mut echo)
-                .map_err(|e| format!("read: {e}"))?;
-            if echo.trim_end() != GREETING {
-                return Err(format!("echo {echo:?}"));
-            }
-            Ok(())
-        })();
-        match attempt {
-            Ok(()) => return Ok(tries),
-            Err(e) => last = e,
-        }
-        std::thread::sleep(pause);
-    }
-    Err(format!(
-        "the guest's port {AGENT_PORT} never answered ({tries} tries, last: {last})"
-    ))
+/// The runtime's side of Kata's agent protocol: resources/kata's client
+/// through the hybrid vsock, dialled as the driver dials it (`verb`:
+/// `CONNECT`, or runtime-rs's `connect`).
+struct AgentLink {
+    client: PathBuf,
+    hvsock: PathBuf,
+    verb: &'static str,
 }
 
-/// Waits for a line starting with `key` in the console file; its rest.
-fn console_line(console: &Path, key: &str, timeout: Duration) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(console).unwrap_or_default();
-        if let Some(rest) = text
-            .lines()
-            .find_map(|l| l.trim_end().strip_prefix(key).map(str::to_string))
-        {
-            return Some(rest);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+impl AgentLink {
+    fn new(hvsock: &Path, verb: &'static str) -> Result<Self, String> {
+        Ok(Self {
+            client: kata_agent_dir()?.join("kata-agent-client"),
+            hvsock: hvsock.to_path_buf(),
+            verb,
+        })
     }
+
+    /// Makes `calls` (`NAME` or `NAME=JSON`) on one connection, dialling
+    /// for up to `wait`; the answers, in order.
+    fn call(&self, calls: &[String], wait: Duration) -> Result<Vec<serde_json::Value>, String> {
+        let out = Command::new(&self.client)
+            .arg("--server-address")
+            .arg(&self.hvsock)
+            .args(["--hybrid-vsock", "--verb", self.verb, "--timeout", "30"])
+            .args(["--port", &AGENT_PORT.to_string()])
+            .args(["--wait", &wait.as_secs().to_string()])
+            .args(calls)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.client.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!(
+                "the agent's calls {calls:?} failed: {}\n{stdout}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .map(|v| v["response"].clone())
+                    .map_err(|e| format!("the client printed {line:?}: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// `Check` until the agent answers SERVING, dialling for up to `wait`.
+fn agent_check(agent: &AgentLink, wait: Duration) -> Result<(), String> {
+    let answers = agent.call(&["Check".into()], wait)?;
+    // grpc.health.v1's SERVING is 1.
+    if answers.first().map(|a| a["status"].clone()) != Some(serde_json::json!(1)) {
+        return Err(format!("Check did not answer SERVING: {answers:?}"));
+    }
+    Ok(())
+}
+
+/// The pod's network as both runtimes set it up after boot
+/// (`kata_agent.go: updateInterface, updateRoutes`; runtime-rs's
+/// `network/network_with_netns.rs` through the agent): the guest's address
+/// on the card with [`GUEST_MAC`] and a default route through the peer;
+/// then the guest answers pings from the namespace, through the TAP.
+fn agent_sets_up_the_network(agent: &AgentLink, ns: &TapNamespace) -> Result<(), String> {
+    let interface = serde_json::json!({"interface": {
+        "device": "eth0", "name": "eth0", "mtu": 1500, "hwAddr": GUEST_MAC,
+        "IPAddresses": [{"family": 0, "address": GUEST, "mask": "24"}],
+    }});
+    let routes = serde_json::json!({"routes": {"Routes": [
+        {"dest": "", "gateway": PEER, "device": "eth0", "source": "", "scope": 0, "family": 0},
+    ]}});
+    let answers = agent.call(
+        &[
+            format!("UpdateInterface={interface}"),
+            format!("UpdateRoutes={routes}"),
+            "ListRoutes".into(),
+        ],
+        Duration::ZERO,
+    )?;
+    if !answers[0].to_string().contains(GUEST) {
+        return Err(format!(
+            "UpdateInterface should answer with the address: {answers:?}"
+        ));
+    }
+    if !answers[2]
+        .to_string()
+        .contains(&format!("\"gateway\":\"{PEER}\""))
+    {
+        return Err(format!(
+            "the agent's routes should hold the default route: {answers:?}"
+        ));
+    }
+    let in_ns = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .output()
+            .map(|out| {
+                let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                (out.status.success(), text)
+            })
+            .unwrap_or_else(|e| (false, format!("cannot run {args:?}: {e}")))
+    };
+    // busybox's ping: scripts/setup installs busybox-static, not iputils.
+    let (pinged, answer) = in_ns(&["busybox", "ping", "-c", "3", "-W", "3", GUEST]);
+    if !pinged {
+        let interfaces = agent.call(&["ListInterfaces".into()], Duration::ZERO);
+        return Err(format!(
+            "the guest should answer pings through the TAP: {answer}\n{}\n{}\nthe agent's interfaces: {interfaces:?}",
+            in_ns(&["ip", "-s", "link", "show", TAP]).1,
+            in_ns(&["ip", "neigh"]).1,
+        ));
+    }
+    Ok(())
+}
+
+/// The container's drive, hot-plugged as `/dev/vdb` of `bytes`, mounted
+/// by the agent as Kata asks for a block-device root filesystem on
+/// virtio-mmio (`kata_agent.go: buildContainerRootfs`: driver `mmioblk`,
+/// the device path, its filesystem, the container's rootfs directory);
+/// `GetVolumeStats` there must see that filesystem, not the image's.
+fn agent_mounts_the_drive(agent: &AgentLink, bytes: u64) -> Result<u64, String> {
+    let sandbox = serde_json::json!({
+        "hostname": "ferry-replay", "sandbox_id": "ferry-replay",
+        "storages": [{"driver": "mmioblk", "source": "/dev/vdb", "fstype": "ext4",
+                      "options": [], "mount_point": CONTAINER_ROOTFS}],
+    });
+    let stats = serde_json::json!({"volume_guest_path": CONTAINER_ROOTFS});
+    let answers = agent.call(
+        &[
+            format!("CreateSandbox={sandbox}"),
+            format!("GetVolumeStats={stats}"),
+        ],
+        Duration::ZERO,
+    )?;
+    // VolumeUsage's unit BYTES is 1.
+    let total = answers[1]["usage"]
+        .as_array()
+        .and_then(|u| u.iter().find(|u| u["unit"] == serde_json::json!(1)))
+        .and_then(|u| u["total"].as_u64())
+        .ok_or_else(|| format!("GetVolumeStats has no byte usage: {answers:?}"))?;
+    if total > bytes || total < bytes / 2 {
+        return Err(format!(
+            "the mount should be the {bytes}-byte drive's filesystem, not {total} bytes: {answers:?}"
+        ));
+    }
+    Ok(total)
 }
 
 /// Processes (other than this one) whose command line mentions `needle`.
@@ -373,26 +465,47 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
-/// The guest's job (after `--`): the agent's port, the TAP's network, the
-/// root it booted from, then the hot-plugged drive once its size is not 0.
-fn guest_job(drive: &str) -> String {
-    format!(
-        "ft vsock-echo {AGENT_PORT} & \
-         echo rootdev=$(grep -c '^/dev/root / ext4 ro' /proc/mounts); \
-         ip addr add {GUEST}/24 dev eth0 && ping -c 2 -W 5 {PEER} >/dev/null && echo net=ok; \
-         while [ $(cat /sys/block/{drive}/size) = 0 ]; do sleep 0.1; done; \
-         echo drive-size=$(cat /sys/block/{drive}/size); \
-         echo drive-data=$(head -n 1 /dev/{drive}); \
-         sleep 1000"
-    )
+/// runtime-rs's log forwarder: `connect 1025` on the hybrid vsock, then
+/// the agent's log, one JSON object a line, read for the VM's whole life
+/// (the agent's logger treats a reader that goes away as fatal). The first
+/// line that is one comes back on the channel.
+fn follow_agent_log(hvsock: &Path) -> Result<std::sync::mpsc::Receiver<String>, String> {
+    let mut stream = UnixStream::connect(hvsock).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("connect {AGENT_LOG_PORT}\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .map_err(|e| format!("the agent's log port: {e}"))?;
+    if !line.starts_with("OK ") {
+        return Err(format!("`connect {AGENT_LOG_PORT}` answered {line:?}"));
+    }
+    let _ = reader.get_ref().set_read_timeout(None);
+    let (first, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = Some(first);
+        let mut line = String::new();
+        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            let is_json = serde_json::from_str::<serde_json::Value>(&line)
+                .is_ok_and(|v| v["msg"].is_string());
+            if is_json {
+                if let Some(first) = first.take() {
+                    let _ = first.send(line.trim().chars().take(120).collect());
+                }
+            }
+            line.clear();
+        }
+    });
+    Ok(lines)
 }
 
-/// A container image for the hot-plug: a marker line, then zeros.
-fn container_image(path: &Path, marker: &str, len: usize) -> Result<(), String> {
-    let mut bytes = format!("{marker}\n").into_bytes();
-    bytes.resize(len, 0);
-    std::fs::write(path, bytes).map_err(|e| format!("cannot write {path:?}: {e}"))
-}
+/// The container's root filesystem for the hot-plug: an 8 MiB ext4.
+const CONTAINER_BYTES: u64 = 8 << 20;
 
 /// Spawns `cmd` from a thread that entered the namespace with `setns`, as
 /// both drivers start the VMM in the pod's namespace (Go: `network.Run`;
@@ -416,7 +529,7 @@ impl Drop for Reap {
 
 #[guest_test]
 fn kata_go_driver_replay() -> TestResult {
-    let kernel = kata_kernel()?;
+    let kernel = kata_style_kernel()?;
     let ns = TapNamespace::new()?;
     let scratch = Scratch::new("kata-go")?;
     let mut binds = Binds::default();
@@ -430,9 +543,7 @@ fn kata_go_driver_replay() -> TestResult {
     std::fs::create_dir_all(root.join("run")).map_err(|e| format!("mkdir: {e}"))?;
     // fcSetBootSource, fcSetVMRootfs: the kernel and image bound into the root.
     binds.bind(&kernel, &root.join("vmlinux"))?;
-    let image = scratch.path("kata-containers.img");
-    partitioned_root_image(&image)?;
-    binds.bind(&image, &root.join("rootfs"))?;
+    binds.bind(&kata_image()?, &root.join("rootfs"))?;
     // createDiskPool: eight 0-byte placeholders.
     for i in 0..8 {
         std::fs::write(root.join(format!("drive_{i}")), b"")
@@ -448,16 +559,11 @@ fn kata_go_driver_replay() -> TestResult {
 
     // A.6: config.KernelParams (image: systemd defaults; the agent's
     // cdh_api_timeout), GetKernelRootParams(ext4), fcKernelParams, and
-    // the debug tail (console=ttyS0: the test reads the console). Then
-    // what the test guest needs: no DHCP on the TAP, its job.
-    let boot_args = format!(
-        "systemd.unit=kata-containers.target systemd.mask=systemd-networkd.service \
+    // the debug tail (console=ttyS0: the test reads the console).
+    let boot_args = "systemd.unit=kata-containers.target systemd.mask=systemd-networkd.service \
          systemd.mask=systemd-networkd.socket agent.cdh_api_timeout=50 root=/dev/vda1 \
          rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 pci=off reboot=k \
-         panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off console=ttyS0 \
-         ferry.dhcp=off -- \"{}\"",
-        guest_job("vdb")
-    );
+         panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off console=ttyS0";
     let r = |name: &str| json_string(&root.join(name).display().to_string());
     let drive = |id: &str, ro: bool| {
         format!(
@@ -477,10 +583,10 @@ fn kata_go_driver_replay() -> TestResult {
          \t\"logger\": {{\n\t\t\"level\": \"Debug\",\n\t\t\"log_path\": {log}\n\t}},\n\
          \t\"metrics\": {{\n\t\t\"metrics_path\": {metrics}\n\t}},\n\
          \t\"drives\": [\n{drives}\n\t],\n\
-         \t\"network-interfaces\": [\n\t\t{{\n\t\t\t\"guest_mac\": \"0a:58:0a:f4:00:05\",\n\
+         \t\"network-interfaces\": [\n\t\t{{\n\t\t\t\"guest_mac\": \"{GUEST_MAC}\",\n\
          \t\t\t\"host_dev_name\": \"{TAP}\",\n\t\t\t\"iface_id\": \"eth0\",\n\
          \t\t\t\"rx_rate_limiter\": {{}},\n\t\t\t\"tx_rate_limiter\": {{}}\n\t\t}}\n\t]\n}}",
-        boot_args = json_string(&boot_args),
+        boot_args = json_string(boot_args),
         kernel = r("vmlinux"),
         hvsock = json_string(&hvsock.display().to_string()),
         log = r("logs.fifo"),
@@ -584,19 +690,33 @@ fn kata_go_driver_replay() -> TestResult {
         return fail(format!("Could not change socket permissions: {e}"));
     }
 
-    // kata_agent: HybridVSockDialer: CONNECT 1024 in a loop with no pause,
-    // within the agent's dial_timeout (45 s).
-    let tries = match dial_agent(&hvsock, "CONNECT", Duration::ZERO, Duration::from_secs(45)) {
-        Ok(tries) => tries,
-        Err(e) => return fail(e),
-    };
+    // kata_agent.go: check → HybridVSockDialer: CONNECT 1024 in a loop,
+    // within the agent's dial_timeout (45 s); then startSandbox's network.
+    let agent = AgentLink::new(&hvsock, "CONNECT")?;
+    if let Err(e) = agent_check(&agent, Duration::from_secs(45)) {
+        if !console_text().contains("Run /sbin/init") {
+            // The guest never got to its init: the emulated host's hazard.
+            return Err(TestError::Hazard(format!(
+                "the guest never started its agent: {e}\n{}",
+                console_text()
+            )));
+        }
+        return fail(e);
+    }
+    let agent_after = started.elapsed();
+    if let Err(e) = agent_sets_up_the_network(&agent, &ns) {
+        return fail(e);
+    }
 
     // fc.go: hotplugBlockDevice → fcJailResource(drive.File, "drive_0")
     // binds the container's rootfs over the placeholder; fcUpdateBlockDrive
-    // PATCHes the placeholder's path.
-    let marker = format!("ferry-kata-go-rootfs-{}", std::process::id());
-    let container = scratch.path("container.img");
-    container_image(&container, &marker, 4 << 20)?;
+    // PATCHes the placeholder's path. kata_agent.go: the container's
+    // storage, mounted by the agent.
+    let container = ext4_with(
+        &scratch,
+        "container.ext4",
+        "the container's root filesystem",
+    )?;
     binds.bind(&container, &root.join("drive_0"))?;
     let body = format!(
         "{{\"drive_id\":\"drive_0\",\"path_on_host\":{}}}",
@@ -607,26 +727,10 @@ fn kata_go_driver_replay() -> TestResult {
         Ok(reply) => return fail(format!("PATCH: {} {}", reply.status, reply.body)),
         Err(e) => return fail(format!("PATCH: {e}")),
     }
-    let size = console_line(&console, "drive-size=", Duration::from_secs(60));
-    let data = console_line(&console, "drive-data=", Duration::from_secs(10));
-    if size.is_none() && console_line(&console, "rootdev=", Duration::ZERO).is_none() {
-        // The guest never got to its job: the emulated host's hazard.
-        return Err(TestError::Hazard(format!(
-            "the guest never ran its job\n{}",
-            console_text()
-        )));
-    }
-    if size.as_deref() != Some(&((4 << 20) / 512).to_string()) || data.as_deref() != Some(&marker) {
-        return fail(format!(
-            "the guest should see the hot-plugged drive's new size and data: {size:?} {data:?}"
-        ));
-    }
-    if console_line(&console, "rootdev=", Duration::ZERO).as_deref() != Some("1") {
-        return fail("the guest should run from /dev/vda1, read-only, as Kata's image".into());
-    }
-    if console_line(&console, "net=", Duration::from_secs(20)).as_deref() != Some("ok") {
-        return fail("the guest should reach the namespace through the TAP".into());
-    }
+    let mounted = match agent_mounts_the_drive(&agent, CONTAINER_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e) => return fail(e),
+    };
 
     // fc.go: StopVM → fcEnd → WaitLocalProcess(pid, 15, SIGTERM).
     let child = ferry.0.as_mut().expect("ferry runs");
@@ -672,9 +776,11 @@ fn kata_go_driver_replay() -> TestResult {
     drop(binds);
     std::fs::remove_dir_all(&vm_path).map_err(|e| format!("RemoveAll(vmPath): {e}"))?;
     eprintln!(
-        "kata go replay: Running after {:.2} s ({polls} polls), agent after {tries} tries, \
-         SIGTERM → exit {:?} in {:.2} s; {} log lines, {} metrics lines",
+        "kata go replay: Running after {:.2} s ({polls} polls), the agent after {:.2} s, \
+         the hot-plugged drive mounted ({mounted} bytes), SIGTERM → exit {:?} in {:.2} s; \
+         {} log lines, {} metrics lines",
         running_after.as_secs_f64(),
+        agent_after.as_secs_f64(),
         status.code(),
         stopped_in.as_secs_f64(),
         log_text.lines().count(),
@@ -685,11 +791,10 @@ fn kata_go_driver_replay() -> TestResult {
 
 #[guest_test]
 fn kata_runtime_rs_driver_replay() -> TestResult {
-    let kernel = kata_kernel()?;
+    let kernel = kata_style_kernel()?;
     let ns = TapNamespace::new()?;
     let scratch = Scratch::new("kata-rs")?;
-    let image = scratch.path("kata-containers.img");
-    partitioned_root_image(&image)?;
+    let image = kata_image()?;
 
     // inner_hypervisor.rs: prepare_vm, unjailed: vm_path = /run/kata/<sid>
     // (the full 64-character sandbox id), run_dir, asock_path.
@@ -745,8 +850,7 @@ fn kata_runtime_rs_driver_replay() -> TestResult {
         "reboot=k panic=1 systemd.unit=kata-containers.target \
          systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket pci=off \
          iommu=off root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro rootfstype=ext4 \
-         agent.cdh_api_timeout=50 console=ttyS0 agent.log_vport=1025 ferry.dhcp=off -- \"{}\"",
-        guest_job("vdb")
+         agent.cdh_api_timeout=50 console=ttyS0 agent.log_vport={AGENT_LOG_PORT}"
     );
     let mut steps: Vec<(&str, String, String)> = vec![
         (
@@ -803,7 +907,7 @@ fn kata_runtime_rs_driver_replay() -> TestResult {
     steps.push((
         "PUT",
         format!("/network-interfaces/{iface_id}"),
-        serde_json::json!({"guest_mac": "0a:58:0a:f4:00:05", "host_dev_name": TAP,
+        serde_json::json!({"guest_mac": GUEST_MAC, "host_dev_name": TAP,
                            "iface_id": iface_id})
         .to_string(),
     ));
@@ -826,33 +930,43 @@ fn kata_runtime_rs_driver_replay() -> TestResult {
     let configured_in = started.elapsed();
 
     // crates/agent/src/sock/hybrid_vsock.rs: connect_helper, `connect 1024`
-    // in lowercase, dial_timeout_ms (10 ms by default) between tries.
-    let tries = match dial_agent(
-        &hvsock,
-        "connect",
-        Duration::from_millis(10),
-        Duration::from_secs(30),
-    ) {
-        Ok(tries) => tries,
-        Err(e) => {
-            if std::fs::read_to_string(&console)
-                .unwrap_or_default()
-                .contains("rootdev=")
-            {
-                return fail(e);
-            }
+    // in lowercase (dial_timeout_ms between tries); then the sandbox's
+    // network through the agent.
+    let agent = AgentLink::new(&hvsock, "connect")?;
+    if let Err(e) = agent_check(&agent, Duration::from_secs(45)) {
+        if !std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .contains("Run /sbin/init")
+        {
             return Err(TestError::Hazard(format!(
-                "the guest never ran its job: {e}"
+                "the guest never started its agent: {e}"
             )));
         }
+        return fail(e);
+    }
+    let agent_after = started.elapsed();
+    // crates/agent/src/log_forwarder.rs: `connect 1025`, the agent's log
+    // line by line.
+    let log_line = match follow_agent_log(&hvsock).and_then(|lines| {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| format!("no JSON log line from the agent's port {AGENT_LOG_PORT}"))
+    }) {
+        Ok(line) => line,
+        Err(e) => return fail(e),
     };
+    if let Err(e) = agent_sets_up_the_network(&agent, &ns) {
+        return fail(e);
+    }
 
     // inner_device.rs: hotplug_block_device → fc_api.rs:
     // patch_container_rootfs, unjailed: the host path itself, rate_limiter
-    // null.
-    let marker = format!("ferry-kata-rs-rootfs-{}", std::process::id());
-    let container = scratch.path("container.img");
-    container_image(&container, &marker, 8 << 20)?;
+    // null; then the agent mounts it.
+    let container = ext4_with(
+        &scratch,
+        "container.ext4",
+        "the container's root filesystem",
+    )?;
     let body = serde_json::json!({"drive_id": "drive1",
                                   "path_on_host": container.display().to_string(),
                                   "rate_limiter": null})
@@ -860,16 +974,10 @@ fn kata_runtime_rs_driver_replay() -> TestResult {
     if let Err(e) = rs_put(&mut client, "PATCH", "/drives/drive1", &body) {
         return fail(e);
     }
-    let size = console_line(&console, "drive-size=", Duration::from_secs(60));
-    let data = console_line(&console, "drive-data=", Duration::from_secs(10));
-    if size.as_deref() != Some(&((8 << 20) / 512).to_string()) || data.as_deref() != Some(&marker) {
-        return fail(format!(
-            "the guest should see the hot-plugged drive's new size and data: {size:?} {data:?}"
-        ));
-    }
-    if console_line(&console, "net=", Duration::from_secs(20)).as_deref() != Some("ok") {
-        return fail("the guest should reach the namespace through the TAP".into());
-    }
+    let mounted = match agent_mounts_the_drive(&agent, CONTAINER_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e) => return fail(e),
+    };
 
     // inner_hypervisor.rs: stop_vm: fc_process.kill() (SIGKILL, reaped);
     // wait_vm learns it from stderr's EOF.
@@ -898,8 +1006,10 @@ fn kata_runtime_rs_driver_replay() -> TestResult {
     std::fs::remove_dir_all(&vm_path).map_err(|e| format!("remove_dir_all(vm_path): {e}"))?;
     eprintln!(
         "kata runtime-rs replay: first PUT after {first_tries} tries, configured and started in \
-         {:.2} s, agent after {tries} tries; left by SIGKILL and removed by the cleanup: {left:?}",
-        configured_in.as_secs_f64()
+         {:.2} s, the agent after {:.2} s (its log: {log_line}), the hot-plugged drive mounted \
+         ({mounted} bytes); left by SIGKILL and removed by the cleanup: {left:?}",
+        configured_in.as_secs_f64(),
+        agent_after.as_secs_f64()
     );
     Ok(())
 }

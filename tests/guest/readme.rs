@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, readme, repo_root, Outcome, FERRY};
-use crate::harness::{check, guest_test, TestError, TestResult, WATCHDOG};
+use crate::harness::{check, guest_test, hazard_sign, TestError, TestResult, WATCHDOG};
 
 /// The README's block NAME.
 fn block(name: &str) -> Result<String, String> {
@@ -38,9 +38,11 @@ pub fn bash(script: &str) -> Command {
 /// Runs the README's block NAME; a stalled or reset guest is a hazard.
 fn run_block(name: &str) -> TestResult<Outcome> {
     let out = common::run(bash(&block(name)?), WATCHDOG);
-    if out.timed_out || out.status == Some(ferry::exit_status::GUEST_RESET) {
+    let sign = hazard_sign(&out.stdout);
+    if out.timed_out || out.status == Some(ferry::exit_status::GUEST_RESET) || sign.is_some() {
         return Err(TestError::Hazard(format!(
-            "the README's {name} example stalled or reset\n{}",
+            "the README's {name} example stalled or reset ({})\n{}",
+            sign.unwrap_or("a known hazard"),
             out.describe()
         )));
     }

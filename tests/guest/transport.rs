@@ -2,10 +2,12 @@
 //! The virtio transports: by default the disk and the card are PCI
 //! functions interrupting with MSI-X, one vector per queue; `--virtio mmio`
 //! puts them on virtio-mmio for kernels without PCI. Either way the guest
-//! reads the disk and reaches passt's gateway.
+//! reads the disk and reaches passt's gateway (and, on mmio, its vsock
+//! reaches the host).
 
 use crate::common::Outcome;
 use crate::harness::{check, guest_test, Boot, Scratch, TestResult};
+use crate::vsock::host_echo_server;
 
 /// What the guest reports: its interrupts, where its virtio devices sit,
 /// the disk's first 4 KiB, and a ping of passt's gateway.
@@ -15,11 +17,11 @@ const REPORT: &str = "grep virtio /proc/interrupts; ls -l /sys/bus/virtio/device
 
 /// Boots with a 1 MiB disk and the default card, ferry's `args` and the
 /// kernel's `kernel_args`; checks that disk and network work.
-fn boot_and_report(args: &[&str], kernel_args: &str) -> TestResult<Outcome> {
+fn boot_and_report(boot: Boot, args: &[&str], kernel_args: &str) -> TestResult<Outcome> {
     let scratch = Scratch::new("transport")?;
     let disk = scratch.raw_disk("d.img", 1 << 20, 3)?;
     let disk = format!("{},ro", disk.display());
-    let out = Boot::new(REPORT)
+    let out = boot
         .args(&["--disk", &disk])
         .args(args)
         .kernel_args(kernel_args)
@@ -51,7 +53,8 @@ fn msi_line(stdout: &str, name: &str) -> bool {
 
 #[guest_test]
 fn virtio_on_pci_with_msix() -> TestResult {
-    let out = boot_and_report(&[], "")?;
+    // Debian's kernel: its virtio-pci driver is a module.
+    let out = boot_and_report(Boot::new(REPORT).debian_kernel(), &[], "")?;
     // The disk comes first (virtio0), then the card (virtio1).
     for name in ["virtio0-req.0", "virtio1-input.0", "virtio1-output.0"] {
         check(
@@ -68,12 +71,27 @@ fn virtio_on_pci_with_msix() -> TestResult {
     )
 }
 
+/// `--virtio mmio`: the disk, the card and the vsock device on virtio-mmio
+/// (8 MiB through the vsock to a host echo server and back).
 #[guest_test]
 fn virtio_mmio_on_request() -> TestResult {
-    let out = boot_and_report(&["--virtio", "mmio"], "pci=off")?;
+    let scratch = Scratch::new("transport-mmio")?;
+    let uds = scratch.path("v.sock");
+    host_echo_server(&uds, 5000)?;
+    let vsock = format!("cid=3,uds={}", uds.display());
+    let out = boot_and_report(
+        Boot::new(&format!("{REPORT}; ft vsock-connect 5000 8388608")),
+        &["--virtio", "mmio", "--vsock", &vsock],
+        "pci=off",
+    )?;
     check(
         !out.stdout.contains("PCI-MSI") && out.stdout.contains("LNRO0005"),
         "the devices should be virtio-mmio, found through the DSDT",
+        &out,
+    )?;
+    check(
+        out.stdout.contains("8388608 bytes echoed intact"),
+        "vsock should work on virtio-mmio too",
         &out,
     )
 }

@@ -295,7 +295,7 @@ fn tail(text: &str) -> String {
 
 /// A host echo server on `<uds>_<port>`; returns how many of its
 /// connections have ended.
-fn host_echo_server(uds: &Path, port: u32) -> TestResult<Arc<AtomicUsize>> {
+pub(crate) fn host_echo_server(uds: &Path, port: u32) -> TestResult<Arc<AtomicUsize>> {
     let port_path = PathBuf::from(format!("{}_{port}", uds.display()));
     let listener = UnixListener::bind(&port_path).map_err(|e| format!("bind: {e}"))?;
     let ended = Arc::new(AtomicUsize::new(0));
@@ -372,28 +372,6 @@ fn vsock_guest_to_host_reaches_the_port_socket() -> TestResult {
             out.describe()
         )
         .into());
-    }
-    Ok(())
-}
-
-#[guest_test]
-fn vsock_over_virtio_mmio() -> TestResult {
-    let scratch = Scratch::new("vsock-mmio")?;
-    let uds = scratch.path("v.sock");
-    host_echo_server(&uds, 5000)?;
-    let out = Boot::new("ft vsock-connect 5000 8388608")
-        .args(&[
-            "--net",
-            "none",
-            "--virtio",
-            "mmio",
-            "--vsock",
-            &format!("cid=3,uds={}", uds.display()),
-        ])
-        .kernel_args("pci=off")
-        .run()?;
-    if out.status != Some(0) || !out.stdout.contains("8388608 bytes echoed intact") {
-        return Err(format!("vsock should work on virtio-mmio too\n{}", out.describe()).into());
     }
     Ok(())
 }

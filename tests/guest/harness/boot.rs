@@ -4,6 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::built::kata_style_kernel;
+use super::error::hazard_sign;
 use super::{TestError, TestResult};
 use crate::common::{self, guest_file, Outcome, FERRY};
 
@@ -21,9 +23,21 @@ const BASE_CMDLINE: &str = ferry::cli::DEFAULT_CMDLINE;
 /// a line the test reads (the serial line carries both, byte by byte).
 const QUIET_CONSOLE: &str = "dmesg -n 1; ";
 
+/// Which kernel a [`Boot`] runs; the initramfs is the test guest's either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestKernel {
+    /// [`kata_style_kernel`]: no modules to load, so it reaches userspace
+    /// about a third sooner under emulation than Debian's.
+    KataStyle,
+    /// Debian's cloud kernel (`resources/out/vmlinuz`), its drivers loaded
+    /// as modules by the guest's init: the kernel users boot from a distro.
+    Debian,
+}
+
 /// One guest boot: ferry's arguments, the command the guest's init runs.
 #[derive(Debug)]
 pub struct Boot {
+    kernel: GuestKernel,
     args: Vec<String>,
     kernel_args: String,
     guest_cmd: String,
@@ -39,6 +53,7 @@ impl Boot {
     /// ends the VM with its status.
     pub fn new(guest_cmd: &str) -> Self {
         Self {
+            kernel: GuestKernel::KataStyle,
             args: Vec::new(),
             kernel_args: String::new(),
             guest_cmd: guest_cmd.to_string(),
@@ -48,6 +63,12 @@ impl Boot {
             netns: None,
             env: Vec::new(),
         }
+    }
+
+    /// Boots Debian's kernel instead of the Kata-style one.
+    pub fn debian_kernel(mut self) -> Self {
+        self.kernel = GuestKernel::Debian;
+        self
     }
 
     /// Runs ferry as user and group nobody (65534), with no other group:
@@ -105,6 +126,8 @@ impl Boot {
             "stalled"
         } else if !self.expect_reset && out.status == Some(GUEST_RESET) {
             "reset unasked"
+        } else if let Some(why) = hazard_sign(&out.stdout) {
+            why
         } else {
             return Ok(out);
         };
@@ -121,6 +144,19 @@ impl Boot {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start ferry: {e}").into())
+    }
+
+    /// Starts ferry with its console and its log both going to `file`,
+    /// which the test reads while the guest runs.
+    pub fn spawn_logged(&self, file: &std::path::Path) -> TestResult<Child> {
+        let out = std::fs::File::create(file).map_err(|e| format!("cannot create {file:?}: {e}"))?;
+        let err = out.try_clone().map_err(|e| format!("cannot share {file:?}: {e}"))?;
+        self.command()?
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .map_err(|e| format!("cannot start ferry: {e}").into())
     }
@@ -143,8 +179,12 @@ impl Boot {
         } else {
             Command::new(FERRY)
         };
+        let kernel = match self.kernel {
+            GuestKernel::KataStyle => kata_style_kernel()?,
+            GuestKernel::Debian => guest_file("vmlinuz")?,
+        };
         cmd.arg("--kernel")
-            .arg(guest_file("vmlinuz")?)
+            .arg(kernel)
             .arg("--initrd")
             .arg(guest_file("initramfs.cpio.gz")?)
             .arg("--log-level")

@@ -24,7 +24,50 @@ pub enum TestError {
 /// A guest test's result.
 pub type TestResult<T = ()> = Result<T, TestError>;
 
+/// What a guest's console or ferry's log shows when nested KVM under
+/// emulation, not ferry, broke the run: a vCPU that reset by itself (a
+/// triple fault the guest did not ask for), or a secondary vCPU the guest
+/// kernel could not wake. Paired with a short reason.
+const HAZARD_SIGNS: [(&str, &str); 4] = [
+    (
+        "triple-faulted (KVM_EXIT_SHUTDOWN)",
+        "a vCPU reset by itself",
+    ),
+    (
+        "to wakeup CPU#",
+        "the guest could not wake a secondary vCPU",
+    ),
+    (
+        "failed to report alive state",
+        "the guest could not wake a secondary vCPU",
+    ),
+    (
+        ": Not responding",
+        "the guest could not wake a secondary vCPU",
+    ),
+];
+
+/// Which sign of the nested-KVM hazard `text` shows, if any.
+pub fn hazard_sign(text: &str) -> Option<&'static str> {
+    HAZARD_SIGNS
+        .iter()
+        .find(|(sign, _)| text.contains(sign))
+        .map(|(_, why)| *why)
+}
+
 impl TestError {
+    /// A failure whose account shows a sign of the nested-KVM hazard is
+    /// that hazard ([`hazard_sign`]); any other error stays as it is.
+    pub fn hazard_if_signed(self) -> Self {
+        match self {
+            Self::Failed(account) => match hazard_sign(&account) {
+                Some(why) => Self::Hazard(format!("{why}\n{account}")),
+                None => Self::Failed(account),
+            },
+            hazard => hazard,
+        }
+    }
+
     /// What went wrong, then what the run showed.
     pub fn account(&self) -> &str {
         match self {

@@ -6,6 +6,8 @@
 //!   run, and the name filters.
 //! - [`error`]: what a test returns: [`TestResult`], failed or a hazard.
 //! - [`boot`]: [`Boot`], one boot of the test guest under its watchdog.
+//! - [`built`]: what scripts build outside the repository (the Kata-style
+//!   kernel, Kata's agent), asked once per run.
 //! - [`runner`]: runs the tests here, retrying a hazard once.
 //! - [`host`]: whether this machine's /dev/kvm can boot the test guest.
 //! - [`kvm_host`]: where it cannot, runs them inside kvm-host and watches it.
@@ -13,6 +15,7 @@
 //! - [`scratch`]: a scratch directory for images and logs.
 
 pub mod boot;
+pub mod built;
 pub mod error;
 pub mod host;
 pub mod kvm_host;
@@ -22,7 +25,8 @@ pub mod runner;
 pub mod scratch;
 
 pub use boot::{Boot, GUEST_RESET, WATCHDOG};
-pub use error::{check, TestError, TestResult};
+pub use built::{kata_agent_dir, kata_style_kernel};
+pub use error::{check, hazard_sign, TestError, TestResult};
 pub use ferry_guest_test_macro::guest_test;
 pub(crate) use registry::register_test;
 pub use registry::Test;

@@ -18,7 +18,7 @@ use super::{registry, TestError, TestResult};
 /// What the run inside kvm-host prints every [`HEARTBEAT_EVERY`]; read outside, not shown.
 pub const HEARTBEAT: &str = "guest tests: heartbeat";
 /// How often the run inside kvm-host prints [`HEARTBEAT`].
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
 /// Prints [`HEARTBEAT`] every [`HEARTBEAT_EVERY`], from a thread of its own, for good.
 pub fn start_heartbeat() {

@@ -46,7 +46,7 @@ pub fn list(filter: &[String]) {
 
 /// Runs `test`, and once more if it met the hazard of nested KVM, logged as `RETRY`.
 fn run_retrying_a_hazard(test: &Test) -> TestResult {
-    let first = (test.run)();
+    let first = (test.run)().map_err(TestError::hazard_if_signed);
     let Err(TestError::Hazard(account)) = &first else {
         return first;
     };
