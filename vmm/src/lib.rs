@@ -16,6 +16,7 @@ pub mod exit_status;
 mod kvm;
 pub mod logger;
 mod memory;
+mod passt_keeper;
 pub mod resources;
 mod vcpu;
 pub mod vm;

@@ -33,13 +33,12 @@ use ferry_net_passt::Passt;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, NoDatamatch};
 use kvm_ioctls::{Kvm, VmFd};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
 use std::os::unix::thread::JoinHandleExt;
 
 use crate::config::{Console, Disk, Net, Transport, VmConfig};
 use crate::console::{self, ConsoleInput, RawTerminal};
 use crate::event_loop::{self, EventLoop, HaltWatch};
+use crate::passt_keeper::PasstKeeper;
 use crate::{kvm, memory, vcpu};
 
 /// Errors while building or running the VM.
@@ -299,63 +298,59 @@ fn add_virtio_mmio(
     })
 }
 
-/// The network card's counters and, on passt, the running passt with a
-/// handle to shut its socket down at the end.
+/// The network card's counters and, on passt, the keeper of its passt.
 struct NetLink {
-    passt: Option<(Passt, UnixStream)>,
+    passt: Option<PasstKeeper>,
     stats: Arc<NetStats>,
 }
 
 impl NetLink {
-    /// Logs the counters; on passt, closes the link so that passt leaves on
-    /// its own, then makes sure it has.
+    /// Logs the counters; on passt, stops its keeper, which closes the link
+    /// so that passt leaves on its own, then makes sure it has.
     fn stop(self) {
         log::info!("net0: {}", self.stats);
-        let Some((mut passt, socket)) = self.passt else {
-            return;
-        };
-        let _ = socket.shutdown(std::net::Shutdown::Both);
-        match passt.stop() {
-            Some(status) if !status.success() && status.signal().is_none() => {
-                log::warn!("passt exited with {status}")
-            }
-            Some(_) => log::debug!("passt has exited"),
-            None => log::error!("passt (pid {}) would not exit", passt.pid()),
+        if let Some(keeper) = self.passt {
+            keeper.stop();
         }
     }
 }
 
-/// Adds a virtio-net card: wired to a passt it starts, or on the TAP
-/// the configuration attached.
+/// Adds a virtio-net card: wired to a passt it starts (and restarts when
+/// it dies, see [`PasstKeeper`]), or on the TAP the configuration attached.
 fn add_network(
     vm: &VmFd,
     mem: &GuestMemory,
     devices: &mut Devices,
     net: Net,
 ) -> Result<Option<NetLink>, Error> {
-    let (mac, backend, passt) = match net {
+    let config = |mac| NetConfig {
+        mac,
+        mtu: virtio_net::DEFAULT_MTU,
+    };
+    let (card, passt) = match net {
         Net::None => return Ok(None),
         Net::Tap { mac, tap } => {
             log::info!("net0 on TAP {}", tap.name());
-            (mac, NetBackend::Tap(tap), None)
+            (VirtioNet::new(0, config(mac), NetBackend::Tap(tap)), None)
         }
-        Net::Passt { mac, passt } => {
-            let (passt, stream) = Passt::start(&passt)?;
+        Net::Passt {
+            mac,
+            passt: passt_config,
+        } => {
+            let (passt, stream) = Passt::start(&passt_config)?;
             log::info!("passt started (pid {})", passt.pid());
             let socket = stream
                 .try_clone()
                 .map_err(|e| Error::Resource("a handle on the passt socket", e))?;
-            (mac, NetBackend::passt(stream), Some((passt, socket)))
+            let mut card = VirtioNet::new(0, config(mac), NetBackend::passt(stream));
+            let relink = card
+                .relink()
+                .map_err(|e| Error::Resource("the card's relink eventfds", e))?;
+            let keeper = PasstKeeper::start(0, passt_config, passt, socket, relink)
+                .map_err(|e| Error::Resource("passt's keeper thread", e))?;
+            (card, Some(keeper))
         }
     };
-    let card = VirtioNet::new(
-        0,
-        NetConfig {
-            mac,
-            mtu: virtio_net::DEFAULT_MTU,
-        },
-        backend,
-    );
     let link = NetLink {
         passt,
         stats: card.stats(),

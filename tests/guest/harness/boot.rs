@@ -151,8 +151,11 @@ impl Boot {
     /// Starts ferry with its console and its log both going to `file`,
     /// which the test reads while the guest runs.
     pub fn spawn_logged(&self, file: &std::path::Path) -> TestResult<Child> {
-        let out = std::fs::File::create(file).map_err(|e| format!("cannot create {file:?}: {e}"))?;
-        let err = out.try_clone().map_err(|e| format!("cannot share {file:?}: {e}"))?;
+        let out =
+            std::fs::File::create(file).map_err(|e| format!("cannot create {file:?}: {e}"))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("cannot share {file:?}: {e}"))?;
         self.command()?
             .stdin(Stdio::null())
             .stdout(out)

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The network: DHCP, SLAAC and ping through passt, TCP and UDP both ways
 //! with the data checked, a driver rebind mid-transfer, checksum offload,
-//! a rootless ferry, and passt's end (killed, or outliving ferry: never).
+//! a rootless ferry, and passt's end (killed: restarted, or given up when
+//! it keeps dying; outliving ferry: never).
 
 mod peers;
 pub(crate) mod tap;
@@ -369,46 +370,186 @@ fn rootless_network() -> TestResult {
     no_passt_left(&out)
 }
 
+/// Kills every passt (ferry's, in these tests) with SIGKILL; their pids.
+fn kill_passt() -> Vec<i32> {
+    let pids = peers::passt_pids();
+    for &pid in &pids {
+        // SAFETY: kill with a pid read from /proc; the worst case is a no-op.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    pids
+}
+
+/// Waits for `child` (ferry, its console and log going to `log`) to end,
+/// killing passt each time the console shows the next of `marks`; its
+/// status and the log. A guest that stalls is the nested-KVM hazard.
+fn run_killing_passt_at(
+    mut child: std::process::Child,
+    log: &std::path::Path,
+    marks: &[&str],
+) -> TestResult<(Option<i32>, String)> {
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    let mut next = 0;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok((status.code(), text));
+        }
+        if next < marks.len() && text.lines().any(|l| l.trim() == marks[next]) {
+            eprintln!("    killing passt {:?} at {}", kill_passt(), marks[next]);
+            next += 1;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(crate::harness::TestError::Hazard(format!(
+                "the guest stalled\n{}",
+                text.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The guest's helpers for the passt-restart tests: `w N` waits for the
+/// card's carrier to be N; `x I PORT` sends 1 MiB of fresh random bytes
+/// (its sha256 printed for /tmp/bI) to the host's PORT, holding the
+/// connection until the host closes it.
+const CARRIER_AND_SEND: &str = "w(){ for i in $(seq 240); do [ $(cat /sys/class/net/eth0/carrier) = $1 ] && return; sleep 0.25; done; echo carrier-timeout-$((4*5)); }; \
+    x(){ head -c 1048576 /dev/urandom > /tmp/b$1; sha256sum /tmp/b$1; nc 192.0.2.254 $2 -e sh -c 'cat /tmp/b'$1'; cat > /dev/null'; }; ";
+
+/// passt is killed three times during one VM's life, the first time in
+/// the middle of a transfer: each time ferry reports the link down, starts
+/// a new passt and reports it up again, and a fresh transfer from the
+/// guest arrives intact; the VM's status is the guest's.
 #[guest_test]
-fn passt_killed_mid_transfer() -> TestResult {
+fn passt_killed_three_times_comes_back_each_time() -> TestResult {
     let mut killed = false;
-    let (port, sink) = peers::tcp_sink(WATCHDOG, None, move |bytes| {
+    let (stream_port, stream) = peers::tcp_sink(WATCHDOG, None, move |bytes| {
         if !killed && bytes > 1 << 20 {
-            let pids = peers::passt_pids();
-            eprintln!("    killing passt {pids:?} after {bytes} bytes");
-            for pid in pids {
-                // SAFETY: kill with a pid read from /proc; the worst case is a no-op.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            eprintln!("    killing passt {:?} after {bytes} bytes", kill_passt());
             killed = true;
         }
     });
+    let sinks: Vec<_> = (0..3)
+        .map(|_| peers::tcp_sink(WATCHDOG, Some(1 << 20), |_| {}))
+        .collect();
     let cmd = format!(
-        "nc {} {port} -e cat /dev/zero & \
-         for i in $(seq 240); do [ $(cat /sys/class/net/eth0/carrier) = 0 ] && break; sleep 0.25; done; \
-         echo carrier=$(cat /sys/class/net/eth0/carrier); kill $!",
-        peers::GATEWAY
+        "{CARRIER_AND_SEND}nc 192.0.2.254 {stream_port} -e cat /dev/zero & w 0; w 1; echo up-1; kill $!; x 1 {p1}; \
+         echo ready-$((2*10)); w 0; w 1; echo up-2; x 2 {p2}; \
+         echo ready-$((3*10)); w 0; w 1; echo up-3; x 3 {p3}",
+        p1 = sinks[0].0,
+        p2 = sinks[1].0,
+        p3 = sinks[2].0,
     );
-    let out = Boot::new(&cmd).run()?;
-    let got = sink.join().map_err(|_| "the sink panicked")??;
+    let scratch = crate::harness::Scratch::new("passt-restart")?;
+    let log = scratch.path("ferry.log");
+    let child = Boot::new(&cmd).spawn_logged(&log)?;
+    let (status, text) = run_killing_passt_at(child, &log, &["ready-20", "ready-30"])?;
+    let out = Outcome {
+        status,
+        stdout: text.clone(),
+        stderr: text.clone(),
+        timed_out: false,
+        elapsed: Duration::ZERO,
+    };
+    let streamed = stream.join().map_err(|_| "the sink panicked")??;
     check(
-        got.bytes > 1 << 20,
-        "the transfer should have started",
+        streamed.bytes > 1 << 20,
+        "the first transfer should have been under way when passt was killed",
+        &out,
+    )?;
+    for (i, (_, sink)) in sinks.into_iter().enumerate() {
+        let got = sink.join().map_err(|_| "the sink panicked")??;
+        let file = format!("/tmp/b{}", i + 1);
+        let sent = guest_sha_of(&text, &file).ok_or_else(|| {
+            format!(
+                "the guest printed no checksum for {file}\n{}",
+                out.describe()
+            )
+        })?;
+        check(
+            got.bytes == 1 << 20 && got.sha256 == sent,
+            &format!(
+                "after restart {}: the host got {} bytes with sha256 {}, the guest sent 1 MiB with {sent}",
+                i + 1,
+                got.bytes,
+                got.sha256
+            ),
+            &out,
+        )?;
+    }
+    let count = |needle: &str| text.matches(needle).count();
+    check(
+        count("passt connection lost") >= 1 && count("passt relinked; link up") == 3,
+        "ferry should log the link lost, and back up three times",
         &out,
     )?;
     check(
-        out.stderr.contains("passt connection lost"),
-        "ferry should log the lost link",
+        count("passt restarted (pid") == 3 && text.contains("passt restarted 3 times"),
+        "ferry should log each restart and their count",
         &out,
     )?;
     check(
-        out.stdout.contains("carrier=0"),
-        "the guest should see its link down",
+        // (The kernel echoes its command line: the marker is computed.)
+        !text.contains("carrier-timeout-20"),
+        "the guest should see its link go down and come back each time",
         &out,
     )?;
     check(
-        out.status == Some(0),
-        "the VM should run on and exit with the guest's status",
+        status == Some(0),
+        "the VM should run on and end with the guest's status",
+        &out,
+    )?;
+    no_passt_left(&out)
+}
+
+/// A passt that serves once: the first start is the real passt, every
+/// later one exits at once (`PASST_ONCE_MARKER` names the file that says
+/// it has run).
+const PASST_ONCE: &str = "tests/guest/net/passt-once.sh";
+
+/// passt killed, and every new one dies at once: ferry gives up after a
+/// few tries, the card stays down, the VM runs on and its status is the
+/// guest's; no passt is left.
+#[guest_test]
+fn a_passt_that_keeps_dying_is_given_up_and_the_vm_runs_on() -> TestResult {
+    let scratch = crate::harness::Scratch::new("passt-gives-up")?;
+    let marker = scratch.path("passt-ran");
+    let log = scratch.path("ferry.log");
+    let cmd = format!(
+        "{CARRIER_AND_SEND}echo ready-$((6*7)); w 0; sleep 5; echo carrier=$(cat /sys/class/net/eth0/carrier); exit 7"
+    );
+    let child = Boot::new(&cmd)
+        .args(&["--passt", &repo_root().join(PASST_ONCE).to_string_lossy()])
+        .env("PASST_ONCE_MARKER", &marker.to_string_lossy())
+        .spawn_logged(&log)?;
+    let (status, text) = run_killing_passt_at(child, &log, &["ready-42"])?;
+    let out = Outcome {
+        status,
+        stdout: text.clone(),
+        stderr: text.clone(),
+        timed_out: false,
+        elapsed: Duration::ZERO,
+    };
+    check(
+        text.contains("giving up: the card stays down"),
+        "ferry should give passt up and say so",
+        &out,
+    )?;
+    check(
+        text.matches("cannot restart passt").count() == 3,
+        "ferry should have tried three times",
+        &out,
+    )?;
+    check(
+        text.lines().any(|l| l.trim() == "carrier=0"),
+        "the guest's link should stay down",
+        &out,
+    )?;
+    check(
+        status == Some(7),
+        "the VM should run on and end with the guest's status 7",
         &out,
     )?;
     no_passt_left(&out)

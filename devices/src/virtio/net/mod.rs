@@ -5,6 +5,7 @@
 
 pub mod backend;
 mod checksum;
+mod relink;
 mod rx;
 mod tx;
 mod worker;
@@ -23,6 +24,7 @@ use super::{ActivateError, Activation, VirtioDevice};
 
 use backend::Backend;
 pub use backend::{Passt, Tap, TapError};
+pub use relink::Relink;
 pub use rx::{RxBuffer, RxError};
 pub use tx::TxError;
 pub use worker::NetStats;
@@ -149,6 +151,7 @@ pub struct Net {
     link_up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
     backend: Option<NetBackend>,
+    relink: Option<Arc<Relink>>,
     worker: DeviceThread<Option<NetBackend>>,
 }
 
@@ -162,8 +165,18 @@ impl Net {
             link_up: Arc::new(AtomicBool::new(true)),
             stats: Arc::new(NetStats::default()),
             backend: Some(backend),
+            relink: None,
             worker: DeviceThread::default(),
         }
+    }
+
+    /// The card's [`Relink`]: how a restarted passt's stream reaches it
+    /// and how its data path says it lost the old one.
+    pub fn relink(&mut self) -> std::io::Result<Arc<Relink>> {
+        if self.relink.is_none() {
+            self.relink = Some(Arc::new(Relink::new()?));
+        }
+        Ok(self.relink.clone().expect("just made"))
     }
 
     /// The card's counters.
@@ -238,6 +251,8 @@ impl VirtioDevice for Net {
             stats: self.stats.clone(),
             mrg_rxbuf: activation.has_feature(feature::MRG_RXBUF),
             data_valid: activation.has_feature(feature::GUEST_CSUM),
+            acked,
+            relink: self.relink.clone(),
         };
         let name = format!("net{id}");
         match self.backend.take() {

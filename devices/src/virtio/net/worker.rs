@@ -22,6 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::backend::{Backend, RxStop};
+use super::relink::Relink;
 use super::rx::{self, RxBuffer};
 use super::{hdr, NET_HDR_LEN};
 use crate::virtio::device_thread::run_until_stopped;
@@ -97,6 +98,10 @@ pub struct Parts {
     pub stats: Arc<NetStats>,
     pub mrg_rxbuf: bool,
     pub data_valid: bool,
+    /// The features the driver accepted (a relinked backend is set up for them).
+    pub acked: u64,
+    /// Where a lost passt is reported and its successor's stream comes in.
+    pub relink: Option<Arc<Relink>>,
 }
 
 /// Everything but the RX ring side.
@@ -111,6 +116,8 @@ struct Link<B> {
     interrupt: Arc<Interrupt>,
     link_up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
+    acked: u64,
+    relink: Option<Arc<Relink>>,
 }
 
 /// The RX ring and the guest buffers taken from it but not yet filled.
@@ -303,6 +310,7 @@ const RX_KICK: u32 = 0;
 const TX_KICK: u32 = 1;
 const BACKEND: u32 = 2;
 const TX_POLL: u32 = 3;
+const RELINK: u32 = 4;
 
 /// While the guest streams, the TX ring is looked at again this long after
 /// it ran empty, instead of asking the guest to notify: each notification
@@ -407,6 +415,8 @@ impl<B: Backend> NetWorker<B> {
                 interrupt: parts.interrupt,
                 link_up: parts.link_up,
                 stats: parts.stats,
+                acked: parts.acked,
+                relink: parts.relink,
             },
         }
     }
@@ -444,8 +454,52 @@ impl<B: Backend> NetWorker<B> {
         if self.p.link_up.swap(false, Ordering::SeqCst) {
             self.p.interrupt.signal_config_change();
         }
+        if let Some(relink) = &self.p.relink {
+            relink.report_lost();
+        }
         // Whatever the guest queued for sending is dropped, so that it does not stall.
         self.process_tx(ops);
+    }
+
+    /// Takes up a stream to a restarted passt, if one was handed in: the
+    /// old backend (if it still seemed alive) is dropped with a frame it
+    /// held, the new one watched, and the link reported up.
+    fn take_relinked(&mut self, ops: &mut EventOps) {
+        let Some(stream) = self.p.relink.as_ref().and_then(|r| r.take()) else {
+            return;
+        };
+        let Some(mut backend) = B::relinked(stream) else {
+            return;
+        };
+        if let Err(e) = backend.activate(self.p.acked) {
+            log::error!(
+                "net{}: cannot set up the new {}: {e}",
+                self.p.id,
+                backend.describe()
+            );
+            return;
+        }
+        if let Some(old) = self.p.backend.take() {
+            let _ = ops.remove(Events::empty(&old));
+        }
+        let mem = self.p.mem.clone();
+        if let Some((head, _)) = self.tx_started.take() {
+            // Its first part went to the old stream: the frame is lost.
+            self.add_used_tx(&mem, head);
+            bump(&self.p.stats.tx_dropped, 1);
+            self.notify(&mem, TxOrRx::Tx);
+        }
+        log::info!("net{}: {} relinked; link up", self.p.id, backend.describe());
+        self.p.backend = Some(backend);
+        self.interest = EventSet::empty();
+        self.rx_blocked = false;
+        self.tx_blocked = false;
+        if !self.p.link_up.swap(true, Ordering::SeqCst) {
+            self.p.interrupt.signal_config_change();
+        }
+        self.update_interest(ops);
+        self.process_tx(ops);
+        self.process_rx(ops);
     }
 
     /// Sends the guest's frames to the backend.
@@ -720,6 +774,7 @@ impl<B: Backend> MutEventSubscriber for NetWorker<B> {
                     }
                 }
             }
+            RELINK => self.take_relinked(ops),
             TX_POLL => {
                 if let Some(timer) = self.tx_poll.as_mut() {
                     // Clears the expiry (nothing to read if a TX round re-armed it).
@@ -743,9 +798,19 @@ impl<B: Backend> MutEventSubscriber for NetWorker<B> {
                 self.tx_poll = None;
             }
         }
+        if let Some(relink) = self.p.relink.clone() {
+            if let Err(e) = ops.add(Events::with_data(relink.ready(), RELINK, EventSet::IN)) {
+                log::error!(
+                    "net{}: cannot watch for a restarted passt: {e:?}",
+                    self.p.id
+                );
+            }
+        }
         if self.p.backend.is_none() && self.p.link_up.swap(false, Ordering::SeqCst) {
             self.p.interrupt.signal_config_change();
         }
+        // A passt restarted while no data path ran.
+        self.take_relinked(ops);
         // RX notifications only when the guest's buffers run out.
         let _ = self.rx.queue.disable_notification(&self.p.mem);
         self.update_interest(ops);
@@ -806,6 +871,7 @@ mod tests {
         peer: UnixStream,
         link_up: Arc<AtomicBool>,
         stats: Arc<NetStats>,
+        relink: Arc<Relink>,
         rx_used: u64,
         tx_used: u64,
         thread: Option<std::thread::JoinHandle<Option<Passt>>>,
@@ -850,6 +916,7 @@ mod tests {
             peer,
             link_up: Arc::new(AtomicBool::new(true)),
             stats: Arc::new(NetStats::default()),
+            relink: Arc::new(Relink::new().unwrap()),
             rx_used: rxq.used_addr().0,
             tx_used: txq.used_addr().0,
             thread: None,
@@ -869,6 +936,8 @@ mod tests {
                 stats: h.stats.clone(),
                 mrg_rxbuf,
                 data_valid: false,
+                acked: 0,
+                relink: Some(h.relink.clone()),
             },
             Some(backend),
         );
@@ -1376,6 +1445,49 @@ mod tests {
         h.wait_used(TX_RING, 1);
         assert_eq!(h.stats.tx_dropped.load(Ordering::Relaxed), 1);
         assert!(h.finish().is_none(), "a broken backend is not handed back");
+    }
+
+    #[test]
+    fn a_lost_passt_is_reported_and_its_successor_brings_the_link_back() {
+        let mem = memory();
+        let (rxq, txq) = rings(&mem);
+        let h = harness(&mem, &rxq, &txq, true);
+        // passt goes away.
+        (&h.peer).write_all(&[0, 0, 0, 1, 0xde, 0xad]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.link_up.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the link should go down");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(h.relink.lost().read().unwrap(), 1, "the loss is reported");
+        // A new passt's stream: the link comes back up.
+        let (ours, peer) = UnixStream::pair().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        h.relink.relink(ours);
+        while !h.link_up.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the link should come back up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Frames flow both ways over it.
+        rxq.add_desc_chains(&[desc(0x20_0000, 2048, WRITE, 0)], 0)
+            .unwrap();
+        h.rx_kick.write(1).unwrap();
+        let mut wire = 60u32.to_be_bytes().to_vec();
+        wire.extend(std::iter::repeat_n(5u8, 60));
+        (&peer).write_all(&wire).unwrap();
+        h.wait_used(RX_RING, 1);
+        assert_eq!(h.used_len(RX_RING, 0), (NET_HDR_LEN + 60) as u32);
+        let mut frame = vec![0u8; NET_HDR_LEN];
+        frame.extend(std::iter::repeat_n(3u8, 80));
+        mem.write_slice(&frame, GuestAddress(0x10_0000)).unwrap();
+        txq.add_desc_chains(&[desc(0x10_0000, frame.len() as u32, 0, 0)], 0)
+            .unwrap();
+        h.tx_kick.write(1).unwrap();
+        let mut got = [0u8; 84];
+        (&peer).read_exact(&mut got).unwrap();
+        assert_eq!(got[..4], 80u32.to_be_bytes());
+        assert!(got[4..].iter().all(|&b| b == 3));
+        h.finish();
     }
 
     #[test]

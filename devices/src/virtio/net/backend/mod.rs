@@ -91,4 +91,13 @@ pub trait Backend: AsRawFd + Debug + Send + 'static {
     fn finish(&mut self) -> bool {
         true
     }
+
+    /// A backend over a stream to a restarted passt ([`super::Relink`]);
+    /// none for a backend that passt is not behind.
+    fn relinked(_stream: std::os::unix::net::UnixStream) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }

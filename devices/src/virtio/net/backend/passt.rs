@@ -142,6 +142,10 @@ impl Backend for Passt {
         }
     }
 
+    fn relinked(stream: UnixStream) -> Option<Self> {
+        Some(Self::new(stream))
+    }
+
     /// Sends the rest of a frame started on passt's stream before the
     /// stream is handed on (after a reset, to the next data path): a torn
     /// frame would make passt lose its place. A stream that does not take
