@@ -177,11 +177,11 @@ fn vsock_host_to_guest_streams_and_faults() -> TestResult {
     wait_for(&uds, Duration::from_secs(30))?;
     let result = (|| -> TestResult {
         let first = connect_when_up(&uds, &mut ferry, &console)?;
-        // 64 MiB each way, checked.
-        println!("    | vsock: 64 MiB each way, checked");
-        let (sent, back) = echo_transfer(first, 64 << 20)?;
+        // 16 MiB each way, checked (throughput is the bench's).
+        println!("    | vsock: 16 MiB each way, checked");
+        let (sent, back) = echo_transfer(first, 16 << 20)?;
         if sent != back {
-            return Err(format!("64 MiB came back different: {sent} vs {back}").into());
+            return Err(format!("16 MiB came back different: {sent} vs {back}").into());
         }
         // Kata's runtime-rs says it in lower case.
         println!("    | vsock: Kata's runtime-rs says it in lower case");

@@ -732,6 +732,7 @@ impl Vm {
                     "tx_packets_count": s.tx_frames.load(Relaxed),
                     "tx_fails": s.tx_errors.load(Relaxed),
                     "tx_malformed_frames": s.tx_dropped.load(Relaxed),
+                    "passt_restarts": s.relinks.load(Relaxed),
                 }),
             );
         }

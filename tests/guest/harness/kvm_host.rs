@@ -27,8 +27,8 @@ use crate::common::repo_root;
 const KVM_HOST_ENV: &str = "FERRY_KVM_HOST";
 /// The kvm-host run's time limit: 2-3 times a whole run of the tests (7-8 min on a quiet machine).
 const KVM_HOST_LIMIT_SECS: u64 = 1200;
-/// Silence beyond four heartbeats means kvm-host itself hung.
-const KVM_HOST_SILENCE_SECS: u64 = 45;
+/// Silence beyond three heartbeats means kvm-host itself hung.
+const KVM_HOST_SILENCE_SECS: u64 = 30;
 /// kvm-host runs one invocation may start: the first, and one after each
 /// hang, so that a run of bad luck ends in a bounded time.
 const KVM_HOST_RUNS: usize = 4;

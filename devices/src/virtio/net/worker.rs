@@ -58,6 +58,8 @@ pub struct NetStats {
     pub rx_waits: AtomicU64,
     /// Times the backend was full (the TX ring was held back).
     pub tx_waits: AtomicU64,
+    /// Times a restarted passt's stream was taken up (see [`Relink`]).
+    pub relinks: AtomicU64,
 }
 
 impl std::fmt::Display for NetStats {
@@ -65,7 +67,7 @@ impl std::fmt::Display for NetStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         write!(
             f,
-            "tx {} frames {} bytes ({} bad, {} dropped, {} waits), rx {} frames {} bytes ({} bad, {} dropped, {} waits)",
+            "tx {} frames {} bytes ({} bad, {} dropped, {} waits), rx {} frames {} bytes ({} bad, {} dropped, {} waits), {} relinks",
             g(&self.tx_frames),
             g(&self.tx_bytes),
             g(&self.tx_errors),
@@ -76,6 +78,7 @@ impl std::fmt::Display for NetStats {
             g(&self.rx_errors),
             g(&self.rx_dropped),
             g(&self.rx_waits),
+            g(&self.relinks),
         )
     }
 }
@@ -490,6 +493,7 @@ impl<B: Backend> NetWorker<B> {
             self.notify(&mem, TxOrRx::Tx);
         }
         log::info!("net{}: {} relinked; link up", self.p.id, backend.describe());
+        bump(&self.p.stats.relinks, 1);
         self.p.backend = Some(backend);
         self.interest = EventSet::empty();
         self.rx_blocked = false;
@@ -1460,6 +1464,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(h.relink.lost().read().unwrap(), 1, "the loss is reported");
+        assert_eq!(h.stats.relinks.load(Ordering::Relaxed), 0);
         // A new passt's stream: the link comes back up.
         let (ours, peer) = UnixStream::pair().unwrap();
         peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -1468,6 +1473,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the link should come back up");
             std::thread::sleep(Duration::from_millis(5));
         }
+        assert_eq!(h.stats.relinks.load(Ordering::Relaxed), 1);
         // Frames flow both ways over it.
         rxq.add_desc_chains(&[desc(0x20_0000, 2048, WRITE, 0)], 0)
             .unwrap();
