@@ -74,18 +74,23 @@ def footprint(pid):
     return rss, fds, threads
 
 
+def recv_all(s):
+    """Everything `s` receives until its peer closes."""
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def api_get(sock_path, path):
     """One HTTP/1.1 GET on the API socket; the status code."""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
         s.connect(sock_path)
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_all(s)
     return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
 
 
@@ -118,12 +123,7 @@ def tcp_echo(port, payload):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         sender = threading.Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)))
         sender.start()
-        got = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        got = recv_all(s)
         sender.join()
     return got == payload
 

@@ -507,6 +507,11 @@ fn follow_agent_log(hvsock: &Path) -> Result<std::sync::mpsc::Receiver<String>, 
 /// The container's root filesystem for the hot-plug: an 8 MiB ext4.
 const CONTAINER_BYTES: u64 = 8 << 20;
 
+/// A container's root filesystem in `scratch`, [`CONTAINER_BYTES`] of ext4.
+fn container_rootfs(scratch: &Scratch) -> TestResult<PathBuf> {
+    ext4_with(scratch, "container.ext4", "the container's root filesystem")
+}
+
 /// Spawns `cmd` from a thread that entered the namespace with `setns`, as
 /// both drivers start the VMM in the pod's namespace (Go: `network.Run`;
 /// runtime-rs: `setns` in `pre_exec`): same mount namespace, /sys unchanged.
@@ -712,11 +717,7 @@ fn kata_go_driver_replay() -> TestResult {
     // binds the container's rootfs over the placeholder; fcUpdateBlockDrive
     // PATCHes the placeholder's path. kata_agent.go: the container's
     // storage, mounted by the agent.
-    let container = ext4_with(
-        &scratch,
-        "container.ext4",
-        "the container's root filesystem",
-    )?;
+    let container = container_rootfs(&scratch)?;
     binds.bind(&container, &root.join("drive_0"))?;
     let body = format!(
         "{{\"drive_id\":\"drive_0\",\"path_on_host\":{}}}",
@@ -962,11 +963,7 @@ fn kata_runtime_rs_driver_replay() -> TestResult {
     // inner_device.rs: hotplug_block_device → fc_api.rs:
     // patch_container_rootfs, unjailed: the host path itself, rate_limiter
     // null; then the agent mounts it.
-    let container = ext4_with(
-        &scratch,
-        "container.ext4",
-        "the container's root filesystem",
-    )?;
+    let container = container_rootfs(&scratch)?;
     let body = serde_json::json!({"drive_id": "drive1",
                                   "path_on_host": container.display().to_string(),
                                   "rate_limiter": null})

@@ -13,7 +13,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +32,45 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// How often the keeper also looks whether passt has exited (the data
 /// path notices only while the guest's driver runs it).
 const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// When passt is started again, after how long, and when it is given up.
+#[derive(Debug, Default)]
+struct RestartPolicy {
+    /// Quick deaths in a row (a restarted passt gone within
+    /// [`QUICK_DEATH`], or a start that failed).
+    quick_deaths: u32,
+    /// Restarts that succeeded.
+    restarts: u64,
+}
+
+impl RestartPolicy {
+    /// A passt that ran for `lived` is gone. The first passt's death never
+    /// counts as quick: it served the VM since it booted.
+    fn died(&mut self, lived: Duration) {
+        self.quick_deaths = if self.restarts > 0 && lived < QUICK_DEATH {
+            self.quick_deaths + 1
+        } else {
+            0
+        };
+    }
+
+    /// A start failed (passt exited at once, or could not be run).
+    fn failed_start(&mut self) {
+        self.quick_deaths += 1;
+    }
+
+    /// A start succeeded; the restarts so far.
+    fn started(&mut self) -> u64 {
+        self.restarts += 1;
+        self.restarts
+    }
+
+    /// The wait before the next start: doubled for each quick death
+    /// before it; none once passt is given up.
+    fn next_wait(&self) -> Option<Duration> {
+        (self.quick_deaths < GIVE_UP_AFTER).then(|| FIRST_BACKOFF * 2u32.pow(self.quick_deaths))
+    }
+}
 
 /// The running passt: its process, a handle on ferry's end of its socket
 /// (shut down at the end, so that passt leaves on its own), and when it started.
@@ -78,7 +116,6 @@ impl PasstKeeper {
             config,
             relink,
             stop: stop.clone(),
-            restarts: AtomicU64::new(0),
         };
         let thread = std::thread::Builder::new()
             .name(format!("passt-keeper{card}"))
@@ -112,15 +149,13 @@ struct Keeper {
     config: PasstConfig,
     relink: Arc<Relink>,
     stop: Arc<EventFd>,
-    /// How many times passt was restarted (logged at the end).
-    restarts: AtomicU64,
 }
 
 impl Keeper {
     fn run(self, running: Running) {
         let card = self.card;
         let mut current = Some(running);
-        let mut quick_deaths = 0u32;
+        let mut policy = RestartPolicy::default();
         while let Some(woke) = self.wait(LOOK_EVERY) {
             let lost = woke && self.relink.lost().read().is_ok();
             let exited = current.as_mut().is_some_and(|r| r.passt.exited().is_some());
@@ -138,23 +173,19 @@ impl Keeper {
                 describe(status),
                 lived.as_secs_f64()
             );
-            let restarted = self.restarts.load(Ordering::Relaxed) > 0;
-            quick_deaths = if restarted && lived < QUICK_DEATH {
-                quick_deaths + 1
-            } else {
-                0
-            };
-            current = self.restart(&mut quick_deaths);
-            if current.is_none() && quick_deaths >= GIVE_UP_AFTER {
+            policy.died(lived);
+            current = self.restart(&mut policy);
+            if current.is_none() {
+                if policy.next_wait().is_some() {
+                    // Stopped while restarting.
+                    break;
+                }
                 log::error!(
-                    "net{card}: passt died {quick_deaths} times in a row within {} s of starting; \
+                    "net{card}: passt died {} times in a row within {} s of starting; \
                      giving up: the card stays down, the VM runs on",
+                    policy.quick_deaths,
                     QUICK_DEATH.as_secs()
                 );
-            }
-            if current.is_none() && quick_deaths < GIVE_UP_AFTER {
-                // Stopped while restarting.
-                break;
             }
         }
         if let Some(running) = current {
@@ -166,36 +197,28 @@ impl Keeper {
                 None => log::error!("passt would not exit"),
             }
         }
-        let restarts = self.restarts.load(Ordering::Relaxed);
-        if restarts > 0 {
-            log::info!("net{card}: passt restarted {restarts} times");
+        if policy.restarts > 0 {
+            log::info!("net{card}: passt restarted {} times", policy.restarts);
         }
     }
 
-    /// Starts a new passt after a back-off, again while it fails at once,
-    /// until [`GIVE_UP_AFTER`] quick deaths in a row; none if given up or
-    /// stopped meanwhile.
-    fn restart(&self, quick_deaths: &mut u32) -> Option<Running> {
+    /// Starts a new passt after the policy's wait, again while it fails,
+    /// until the policy gives it up; none if given up or stopped meanwhile.
+    fn restart(&self, policy: &mut RestartPolicy) -> Option<Running> {
         // Losses reported meanwhile are of the passt already stopped.
         let _ = self.relink.lost().read();
-        while *quick_deaths < GIVE_UP_AFTER {
-            let backoff = FIRST_BACKOFF * 2u32.pow(*quick_deaths);
+        while let Some(backoff) = policy.next_wait() {
             // None: stopped meanwhile.
             self.wait(backoff)?;
-            match Passt::start(&self.config) {
-                Ok((passt, stream)) => {
-                    let socket = match stream.try_clone() {
-                        Ok(socket) => socket,
-                        Err(e) => {
-                            log::error!(
-                                "net{}: no handle on the new passt's socket: {e}",
-                                self.card
-                            );
-                            *quick_deaths += 1;
-                            continue;
-                        }
-                    };
-                    let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            let started = Passt::start(&self.config).and_then(|(passt, stream)| {
+                let socket = stream
+                    .try_clone()
+                    .map_err(ferry_net_passt::launcher::Error::SocketPair)?;
+                Ok((passt, stream, socket))
+            });
+            match started {
+                Ok((passt, stream, socket)) => {
+                    let n = policy.started();
                     log::info!(
                         "net{}: passt restarted (pid {}, restart {n})",
                         self.card,
@@ -210,7 +233,7 @@ impl Keeper {
                 }
                 Err(e) => {
                     log::warn!("net{}: cannot restart passt: {e}", self.card);
-                    *quick_deaths += 1;
+                    policy.failed_start();
                 }
             }
         }
@@ -247,5 +270,59 @@ fn describe(status: Option<ExitStatus>) -> String {
     match status {
         Some(status) => status.to_string(),
         None => "still running, killed".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_first_passt_is_restarted_however_soon_it_died() {
+        let mut policy = RestartPolicy::default();
+        policy.died(10 * MS);
+        assert_eq!(policy.next_wait(), Some(200 * MS));
+    }
+
+    #[test]
+    fn restarted_passts_that_die_at_once_are_given_up_after_three() {
+        let mut policy = RestartPolicy::default();
+        policy.died(Duration::from_secs(60));
+        let mut waits = vec![];
+        while let Some(wait) = policy.next_wait() {
+            waits.push(wait);
+            policy.started();
+            policy.died(100 * MS);
+        }
+        assert_eq!(waits, [200 * MS, 400 * MS, 800 * MS]);
+        assert_eq!((policy.restarts, policy.quick_deaths), (3, GIVE_UP_AFTER));
+    }
+
+    #[test]
+    fn failed_starts_count_as_quick_deaths() {
+        let mut policy = RestartPolicy::default();
+        policy.died(Duration::from_secs(60));
+        for _ in 0..GIVE_UP_AFTER {
+            assert!(policy.next_wait().is_some());
+            policy.failed_start();
+        }
+        assert_eq!(policy.next_wait(), None);
+        assert_eq!(policy.restarts, 0);
+    }
+
+    #[test]
+    fn a_restarted_passt_that_served_a_while_starts_the_count_again() {
+        let mut policy = RestartPolicy::default();
+        policy.died(Duration::from_secs(60));
+        policy.started();
+        policy.died(100 * MS);
+        policy.started();
+        policy.died(100 * MS);
+        assert_eq!(policy.next_wait(), Some(800 * MS));
+        policy.started();
+        policy.died(QUICK_DEATH);
+        assert_eq!(policy.next_wait(), Some(200 * MS));
     }
 }

@@ -382,18 +382,26 @@ fn kill_passt() -> Vec<i32> {
 
 /// Waits for `child` (ferry, its console and log going to `log`) to end,
 /// killing passt each time the console shows the next of `marks`; its
-/// status and the log. A guest that stalls is the nested-KVM hazard.
+/// status, with the log as both its stdout and its stderr. A guest that
+/// stalls is the nested-KVM hazard.
 fn run_killing_passt_at(
     mut child: std::process::Child,
     log: &std::path::Path,
     marks: &[&str],
-) -> TestResult<(Option<i32>, String)> {
+) -> TestResult<Outcome> {
+    let started = std::time::Instant::now();
     let deadline = std::time::Instant::now() + WATCHDOG;
     let mut next = 0;
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         if let Ok(Some(status)) = child.try_wait() {
-            return Ok((status.code(), text));
+            return Ok(Outcome {
+                status: status.code(),
+                stdout: text.clone(),
+                stderr: text,
+                timed_out: false,
+                elapsed: started.elapsed(),
+            });
         }
         if next < marks.len() && text.lines().any(|l| l.trim() == marks[next]) {
             eprintln!("    killing passt {:?} at {}", kill_passt(), marks[next]);
@@ -445,14 +453,8 @@ fn passt_killed_three_times_comes_back_each_time() -> TestResult {
     let scratch = crate::harness::Scratch::new("passt-restart")?;
     let log = scratch.path("ferry.log");
     let child = Boot::new(&cmd).spawn_logged(&log)?;
-    let (status, text) = run_killing_passt_at(child, &log, &["ready-20", "ready-30"])?;
-    let out = Outcome {
-        status,
-        stdout: text.clone(),
-        stderr: text.clone(),
-        timed_out: false,
-        elapsed: Duration::ZERO,
-    };
+    let out = run_killing_passt_at(child, &log, &["ready-20", "ready-30"])?;
+    let (status, text) = (out.status, out.stdout.clone());
     let streamed = stream.join().map_err(|_| "the sink panicked")??;
     check(
         streamed.bytes > 1 << 20,
@@ -526,14 +528,8 @@ fn a_passt_that_keeps_dying_is_given_up_and_the_vm_runs_on() -> TestResult {
         .args(&["--passt", &repo_root().join(PASST_ONCE).to_string_lossy()])
         .env("PASST_ONCE_MARKER", &marker.to_string_lossy())
         .spawn_logged(&log)?;
-    let (status, text) = run_killing_passt_at(child, &log, &["ready-42"])?;
-    let out = Outcome {
-        status,
-        stdout: text.clone(),
-        stderr: text.clone(),
-        timed_out: false,
-        elapsed: Duration::ZERO,
-    };
+    let out = run_killing_passt_at(child, &log, &["ready-42"])?;
+    let (status, text) = (out.status, out.stdout.clone());
     check(
         text.contains("giving up: the card stays down"),
         "ferry should give passt up and say so",

@@ -953,6 +953,17 @@ mod tests {
     }
 
     impl Harness {
+        /// Writes a length no frame has into passt's stream and waits for
+        /// the data path to take the link down.
+        fn garble_and_wait_for_link_down(&self) {
+            (&self.peer).write_all(&[0, 0, 0, 1, 0xde, 0xad]).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.link_up.load(Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "the link should go down");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+
         /// Where the mock queue at `ring` keeps its used ring.
         fn used_ring(&self, ring: GuestAddress) -> u64 {
             if ring == RX_RING {
@@ -1430,13 +1441,7 @@ mod tests {
         let mem = memory();
         let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
-        // A length no frame has.
-        (&h.peer).write_all(&[0, 0, 0, 1, 0xde, 0xad]).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while h.link_up.load(Ordering::SeqCst) {
-            assert!(Instant::now() < deadline, "the link should go down");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        h.garble_and_wait_for_link_down();
         // The socket is closed: passt would see its end.
         let mut buf = [0u8; 1];
         assert_eq!((&h.peer).read(&mut buf).unwrap(), 0);
@@ -1456,13 +1461,8 @@ mod tests {
         let mem = memory();
         let (rxq, txq) = rings(&mem);
         let h = harness(&mem, &rxq, &txq, true);
-        // passt goes away.
-        (&h.peer).write_all(&[0, 0, 0, 1, 0xde, 0xad]).unwrap();
+        h.garble_and_wait_for_link_down();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while h.link_up.load(Ordering::SeqCst) {
-            assert!(Instant::now() < deadline, "the link should go down");
-            std::thread::sleep(Duration::from_millis(5));
-        }
         assert_eq!(h.relink.lost().read().unwrap(), 1, "the loss is reported");
         assert_eq!(h.stats.relinks.load(Ordering::Relaxed), 0);
         // A new passt's stream: the link comes back up.
