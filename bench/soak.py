@@ -23,7 +23,7 @@ no new file in the temporary directory may be left.
 
 Run inside kvm-host (the socket files on /tmp):
   ../shared/kvm-host/run-in-kvm-host -t 4000 -- python3 bench/soak.py --minutes 30
-Writes target/soak.json.
+Writes target/soak.json, and ferry's log of the long run to target/soak-ferry.log.
 """
 import argparse
 import json
@@ -235,14 +235,21 @@ def soak(args, tmp):
         status = ferry.wait()
     stop.set()
     log.close()
-    with open(os.path.join(tmp, "ferry.log")) as f:
-        restarts = f.read().count("passt restarted (pid")
+    with open(os.path.join(tmp, "ferry.log"), errors="replace") as f:
+        text = f.read()
+    # Kept: what ended the VM, if it ended early.
+    with open(os.path.join(vmms.ROOT, "target/soak-ferry.log"), "w") as f:
+        f.write(text)
+    restarts = text.count("passt restarted (pid")
+    ended_by = next((l.strip() for l in text.splitlines()
+                     if "triple-faulted" in l or "exited with status" in l or "reset" in l), None)
     warm = samples[len(samples) // 5:]
     band = {k: (min(s[k] for s in warm), max(s[k] for s in warm)) for k in ("rss_kib", "fds", "threads")} if warm else {}
     flat = bool(warm) and (band["rss_kib"][1] - band["rss_kib"][0] <= RSS_BAND_KIB
                            and band["fds"][1] - band["fds"][0] <= FD_BAND
                            and band["threads"][1] - band["threads"][0] <= THREAD_BAND)
-    return {"minutes": args.minutes, "ran_to_the_end": alive, "exit_status": status,
+    return {"minutes": args.minutes, "ran_for_s": round(time.monotonic() - start),
+            "ran_to_the_end": alive, "exit_status": status, "ended_by": ended_by,
             "guest_to_host_bytes": received[0], "passt_restarts_logged": restarts,
             **counts, "after_warm_up": band, "flat": flat, "samples": samples}
 
@@ -258,6 +265,8 @@ def boot_loop(args, tmp):
         cmd = vmms.ferry_cmd(128, vmms.INITRD, vmms.append(vmms.ferry_cmdline(), "quiet"),
                              f"\"exit {i % 7}\"", "--vsock", f"cid=3,uds={uds}", "--api-sock", api)
         out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=180)
+        if (i + 1) % 10 == 0:
+            print(f"soak: {i + 1} boots done", flush=True)
         if out.returncode != i % 7:
             failures += 1
             print(f"soak: boot {i}: status {out.returncode}, expected {i % 7}", file=sys.stderr)
@@ -281,7 +290,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="ferry-soak-") as tmp:
         report = {"soak": soak(args, tmp)}
         s = report["soak"]
-        print(f"soak: {s['minutes']} min, exit {s['exit_status']}, to the end: {s['ran_to_the_end']}; "
+        print(f"soak: {s['minutes']} min asked, ran {s['ran_for_s']} s, exit {s['exit_status']} "
+              f"({s['ended_by']}), to the end: {s['ran_to_the_end']}; "
               f"tcp echoes {s['tcp_echoes']} ({s['tcp_failures']} failed), vsock {s['vsock']} "
               f"({s['vsock_failures']} failed), api {s['api']} ({s['api_failures']} failed), "
               f"guest->host {s['guest_to_host_bytes'] >> 20} MiB, passt killed {s['passt_kills']} "
