@@ -281,10 +281,15 @@ fn guest_checksums_are_completed() -> TestResult {
     let (tcp_port, sink) = peers::tcp_sink(WATCHDOG, Some(1 << 20), |_| {});
     let (udp_port, echo) = peers::udp_echo(COUNT as usize, WATCHDOG);
     let record = std::env::temp_dir().join(format!("ferry-relay-{}.frames", std::process::id()));
+    // The guest tries its TCP connection up to three times: once, inside
+    // kvm-host, the first was reset at once ("nc: can't connect ...:
+    // Connection reset by peer") with the host sink listening; an attempt
+    // that never reached the sink leaves it waiting for the next.
     let relay = repo_root().join(RECORDING_RELAY);
     let cmd = format!(
         "for d in /sys/bus/virtio/devices/*; do echo features $(cat $d/device) $(cat $d/features); done; \
-         head -c 1048576 /dev/urandom | nc {gw} {tcp_port}; ft udp-ping {gw} {udp_port} {COUNT}",
+         for i in 1 2 3; do head -c 1048576 /dev/urandom | nc {gw} {tcp_port} && break; sleep 1; done; \
+         ft udp-ping {gw} {udp_port} {COUNT}",
         gw = peers::GATEWAY
     );
     let out = Boot::new(&cmd)
