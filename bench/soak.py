@@ -11,7 +11,7 @@ runs for --minutes while, round after round:
   - TCP guest -> host: the guest sends 256 KiB to a host sink every second;
   - vsock: --vsock-per-round connections (CONNECT 1024, 4 KiB echoed);
   - API: --api-per-round requests (GET /, GET /machine-config, GET /vm/config);
-  - disk: the guest writes 1 MiB at a time with O_SYNC, in a loop;
+  - disk: the guest writes 1 MiB at a time and fsyncs it, in a loop;
   - every --kill-every seconds passt is killed (ferry starts a new one).
 Every 10 s ferry's RSS outside guest memory, open descriptors and threads
 are sampled. After a warm-up (the first fifth), each must stay within a
@@ -171,7 +171,7 @@ def soak(args, tmp):
     api = os.path.join(tmp, "soak.api")
     job = ("\"dmesg -n 1; ft vsock-echo 1024 & "
            f"while :; do nc -l -p {GUEST_ECHO_PORT} -e cat; done & "
-           "while :; do dd if=/dev/urandom of=/dev/vda bs=1M count=1 oflag=sync 2>/dev/null; sleep 1; done & "
+           "while :; do dd if=/dev/urandom of=/dev/vda bs=1M count=1 conv=fsync 2>/dev/null; sleep 1; done & "
            f"while :; do head -c {CHUNK} /dev/zero | nc -w 5 {GATEWAY} {sink_port}; sleep 1; done\"")
     cmd = vmms.ferry_cmd(MEM_MIB, vmms.INITRD, vmms.append(vmms.ferry_cmdline(), "quiet"), job,
                          "--log-level", "info",
@@ -241,8 +241,8 @@ def soak(args, tmp):
     with open(os.path.join(vmms.ROOT, "target/soak-ferry.log"), "w") as f:
         f.write(text)
     restarts = text.count("passt restarted (pid")
-    ended_by = next((l.strip() for l in text.splitlines()
-                     if "triple-faulted" in l or "exited with status" in l or "reset" in l), None)
+    ends = ("triple-faulted", "the guest reset", "exited with status", "the guest powered off")
+    ended_by = next((l.strip() for sign in ends for l in text.splitlines() if sign in l), None)
     warm = samples[len(samples) // 5:]
     band = {k: (min(s[k] for s in warm), max(s[k] for s in warm)) for k in ("rss_kib", "fds", "threads")} if warm else {}
     flat = bool(warm) and (band["rss_kib"][1] - band["rss_kib"][0] <= RSS_BAND_KIB
