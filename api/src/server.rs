@@ -8,6 +8,7 @@
 //! the `requests` channel, writes the `wake` eventfd so the VMM's epoll loop
 //! notices, waits for the VMM's answer and writes it back.
 
+use ferry_confine::seccomp::ThreadKind;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
@@ -236,7 +237,13 @@ pub fn spawn(
     };
     let thread = thread::Builder::new()
         .name("ferry_api".into())
-        .spawn(move || server.run())
+        .spawn(move || {
+            if let Err(e) = ferry_confine::seccomp::enter(ThreadKind::Api) {
+                log::error!("API server: {e}");
+                return;
+            }
+            server.run()
+        })
         .map_err(Error::Spawn)?;
     Ok(ServerHandle {
         stop,
@@ -356,6 +363,10 @@ impl Server {
             .name("ferry_api_conn".into())
             .spawn(move || {
                 let _registered = registered;
+                if let Err(e) = ferry_confine::seccomp::enter(ThreadKind::Api) {
+                    log::error!("API server: {e}");
+                    return;
+                }
                 serve_connection(stream, &requests, &wake);
             });
         if let Err(e) = spawned {

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_confine::seccomp::ThreadKind;
+
 use crate::THREAD_STACK;
 
 /// Errors while starting passt.
@@ -31,6 +33,13 @@ pub enum Error {
     /// passt exited right after it started.
     #[error("passt exited at start ({0}); its messages are above")]
     EarlyExit(ExitStatus),
+    /// The passt spawner could not be reached.
+    #[error("cannot reach the passt spawner")]
+    Spawner(#[source] std::io::Error),
+    /// The passt spawner refused a configuration ferry had not used before
+    /// it confined itself.
+    #[error("the passt spawner refused a passt configuration it had not started before")]
+    Refused,
 }
 
 /// How to run passt.
@@ -62,9 +71,85 @@ pub fn resolve(binary: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A running passt.
+/// A running passt: a child of ferry's, or of its passt spawner
+/// ([`crate::spawner`]), which starts passt for a ferry whose own threads
+/// may not start processes.
 #[derive(Debug)]
 pub struct Passt {
+    process: Process,
+}
+
+/// Where passt runs.
+#[derive(Debug)]
+enum Process {
+    /// A child of this process.
+    Child(ChildPasst),
+    /// A child of the passt spawner.
+    Spawned(crate::spawner::SpawnedPasst),
+}
+
+impl Passt {
+    /// Starts passt on one end of a new socket pair and returns ferry's
+    /// end; through the passt spawner when ferry started one. passt's
+    /// messages go to ferry's log.
+    pub fn start(config: &PasstConfig) -> Result<(Self, UnixStream), Error> {
+        let started = match crate::spawner::get() {
+            Some(spawner) => spawner
+                .start(config)
+                .map(|(p, s, o)| (Process::Spawned(p), s, o)),
+            None => ChildPasst::start(config).map(|(p, s, o)| (Process::Child(p), s, o)),
+        };
+        match started {
+            Ok((process, stream, outputs)) => {
+                for output in outputs {
+                    forward_lines(std::fs::File::from(output));
+                }
+                Ok((Passt { process }, stream))
+            }
+            Err(StartFailure(e, outputs)) => {
+                // passt exited: its last words first, then the error.
+                for output in outputs {
+                    log_lines(std::fs::File::from(output));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// passt's process id.
+    pub fn pid(&self) -> u32 {
+        match &self.process {
+            Process::Child(p) => p.pid(),
+            Process::Spawned(p) => p.pid(),
+        }
+    }
+
+    /// passt's exit status, if it has exited (reaping it).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        match &mut self.process {
+            Process::Child(p) => p.exited(),
+            Process::Spawned(p) => p.exited(),
+        }
+    }
+
+    /// Stops passt: waits briefly for it to leave on its own (ferry's end of
+    /// the socket must be closed first), then SIGTERM, then SIGKILL. Returns its status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        match &mut self.process {
+            Process::Child(p) => p.stop(),
+            Process::Spawned(p) => p.stop(),
+        }
+    }
+}
+
+/// A start that failed: the error, and passt's stdout and stderr when it
+/// ran (to log what it said).
+#[derive(Debug)]
+pub(crate) struct StartFailure(pub Error, pub Vec<OwnedFd>);
+
+/// A passt that is a child of this process.
+#[derive(Debug)]
+pub(crate) struct ChildPasst {
     child: Child,
     status: Option<ExitStatus>,
 }
@@ -84,12 +169,18 @@ fn pid_file_path() -> PathBuf {
     std::env::temp_dir().join(format!("ferry-passt-{}-{n}.pid", std::process::id()))
 }
 
-impl Passt {
-    /// Starts passt on one end of a new socket pair and returns ferry's end.
-    pub fn start(config: &PasstConfig) -> Result<(Self, UnixStream), Error> {
+/// What a successful start hands back: passt, ferry's end of its stream,
+/// passt's stdout and stderr.
+pub(crate) type StartedChild = (ChildPasst, UnixStream, Vec<OwnedFd>);
+
+impl ChildPasst {
+    /// Starts passt on one end of a new socket pair; hands back ferry's
+    /// end and passt's stdout and stderr (for the caller to log).
+    pub(crate) fn start(config: &PasstConfig) -> Result<StartedChild, StartFailure> {
+        let failed = |e| StartFailure(e, Vec::new());
         let binary = resolve(&config.binary)
-            .ok_or_else(|| Error::NotFound(config.binary.display().to_string()))?;
-        let (ours, theirs) = socket_pair().map_err(Error::SocketPair)?;
+            .ok_or_else(|| failed(Error::NotFound(config.binary.display().to_string())))?;
+        let (ours, theirs) = socket_pair().map_err(|e| failed(Error::SocketPair(e)))?;
         let fd = theirs.as_raw_fd();
         let pid_file = pid_file_path();
         let _ = std::fs::remove_file(&pid_file);
@@ -122,16 +213,17 @@ impl Passt {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| Error::Spawn(binary.display().to_string(), e))?;
+            .map_err(|e| failed(Error::Spawn(binary.display().to_string(), e)))?;
         drop(theirs);
+        let mut outputs = Vec::new();
         if let Some(out) = child.stdout.take() {
-            forward_lines(out);
+            outputs.push(OwnedFd::from(out));
         }
         if let Some(err) = child.stderr.take() {
-            forward_lines(err);
+            outputs.push(OwnedFd::from(err));
         }
         log::debug!("started {} (pid {})", binary.display(), child.id());
-        let mut passt = Passt {
+        let mut passt = ChildPasst {
             child,
             status: None,
         };
@@ -142,7 +234,7 @@ impl Passt {
         let ready = passt.wait_until_ready(&pid_file, started + READY_TIMEOUT);
         let _ = std::fs::remove_file(&pid_file);
         match ready {
-            Err(status) => return Err(Error::EarlyExit(status)),
+            Err(status) => return Err(StartFailure(Error::EarlyExit(status), outputs)),
             Ok(true) => log::debug!("passt ready after {:.3} s", started.elapsed().as_secs_f64()),
             Ok(false) => log::warn!(
                 "passt not ready after {} s (no pid file at {}); starting the guest anyway",
@@ -150,7 +242,7 @@ impl Passt {
                 pid_file.display()
             ),
         }
-        Ok((passt, ours))
+        Ok((passt, ours, outputs))
     }
 
     /// Waits until passt has written its pid file (true), `deadline`
@@ -205,7 +297,7 @@ impl Passt {
     }
 }
 
-impl Drop for Passt {
+impl Drop for ChildPasst {
     fn drop(&mut self) {
         self.stop();
     }
@@ -261,16 +353,25 @@ fn forward_lines<R: std::io::Read + Send + 'static>(source: R) {
         .name("passt-log".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            for line in BufReader::new(source).lines().map_while(Result::ok) {
-                // passt also tries syslog; where there is none it says so on every line.
-                let noise = line.starts_with("Failed to send") && line.ends_with("to syslog");
-                if !line.trim().is_empty() && !noise {
-                    log::info!("passt: {line}");
-                }
+            if let Err(e) = ferry_confine::seccomp::enter(ThreadKind::PasstLog) {
+                log::error!("{e}");
+                return;
             }
+            log_lines(source);
         });
     if let Err(e) = spawned {
         log::warn!("cannot forward passt's messages: {e}");
+    }
+}
+
+/// Logs each line `source` prints until it ends.
+fn log_lines<R: std::io::Read>(source: R) {
+    for line in BufReader::new(source).lines().map_while(Result::ok) {
+        // passt also tries syslog; where there is none it says so on every line.
+        let noise = line.starts_with("Failed to send") && line.ends_with("to syslog");
+        if !line.trim().is_empty() && !noise {
+            log::info!("passt: {line}");
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod launcher;
+pub mod spawner;
 pub mod writer;
 
 pub use frame::{Decoder, FrameError, MAX_FRAME_LEN, MIN_FRAME_LEN, PREFIX_LEN};

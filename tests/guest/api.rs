@@ -364,6 +364,28 @@ fn api_drive_patched_after_boot_is_read_then_ctrl_alt_del_shuts_down() -> TestRe
             placeholder.display()
         )),
     );
+    // Landlock: a file outside the drives' and the API socket's
+    // directories is refused, though ferry (root here) could open it
+    // without Landlock.
+    let outside = Scratch::new("landlock-outside")?;
+    let refused_file = ext4_with(&outside, "outside.ext4", "must not be read")?;
+    let patched = patched.and_then(|_| {
+        let body = vm.expect(
+            400,
+            "PATCH",
+            "/drives/drive_1",
+            Some(&format!(
+                r#"{{"drive_id": "drive_1", "path_on_host": "{}"}}"#,
+                refused_file.display()
+            )),
+        )?;
+        if !body.contains("Permission denied") {
+            return Err(
+                format!("Landlock should refuse {}: {body}", refused_file.display()).into(),
+            );
+        }
+        Ok(())
+    });
     // drive_1 as a plain new path.
     let other = ext4_with(&vm.scratch, "second.ext4", "second disk, a new path")?;
     let patched = patched.and_then(|_| {

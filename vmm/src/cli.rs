@@ -151,10 +151,16 @@ pub struct Cli {
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     pub id: String,
 
-    /// Accepted for Firecracker's command line: ferry installs no seccomp
-    /// filter yet, so there is none to turn off.
+    /// Runs every thread without its seccomp filter (Firecracker's
+    /// spelling; Kata passes it when its configuration disables seccomp).
     #[arg(long)]
     pub no_seccomp: bool,
+
+    /// Leaves ferry's file access unrestricted once the VM is built (by
+    /// default Landlock limits it to the files it was given, where the
+    /// kernel has Landlock).
+    #[arg(long)]
+    pub no_landlock: bool,
 
     /// Run even though /dev/kvm is PVM (only for guest kernels built for PVM).
     #[arg(long)]

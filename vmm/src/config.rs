@@ -377,6 +377,11 @@ pub struct Launch {
     pub transport: Option<Transport>,
     /// Whether to run on a PVM /dev/kvm.
     pub allow_pvm: bool,
+    /// Whether Landlock restricts ferry's file access once the VM is built.
+    pub landlock: bool,
+    /// The API's socket, when ferry serves one (drives may be swapped
+    /// after boot: [`crate::confinement`]).
+    pub api_sock: Option<PathBuf>,
 }
 
 impl Launch {
@@ -392,6 +397,8 @@ impl Launch {
             shutdown_grace: seconds("shutdown-grace", cli.shutdown_grace)?,
             transport: cli.virtio,
             allow_pvm: cli.allow_pvm,
+            landlock: !cli.no_landlock,
+            api_sock: cli.api_sock.clone(),
         })
     }
 }

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod confinement;
 mod console;
 mod event_loop;
 pub mod exit_status;
@@ -19,5 +20,6 @@ mod memory;
 mod passt_keeper;
 pub mod resources;
 mod vcpu;
+pub use vcpu::kick_signal;
 pub mod vm;
 pub mod vmm;

@@ -88,6 +88,8 @@ pub fn open_sink(path: &Path) -> std::io::Result<File> {
 /// origin as asked.
 pub fn redirect(file: File, level: log::LevelFilter, show_level: bool, show_origin: bool) {
     let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    // A call a seccomp filter refuses is reported there too.
+    ferry_confine::seccomp::report_to(std::os::fd::AsRawFd::as_raw_fd(&file));
     *sink = Sink {
         file: Some(file),
         show_level,

@@ -72,6 +72,27 @@ fn boot(cli: &cli::Cli, start: Instant) -> Result<ExitReason, Failure> {
     Ok(reason?)
 }
 
+/// Forks the passt spawner while ferry has one thread, and compiles the
+/// threads' seccomp filters (each thread installs its own as it starts;
+/// the main thread once the VM is built) unless `--no-seccomp`.
+/// `FERRY_SECCOMP=log` lets refused calls through and has the kernel log
+/// them instead: for finding what a changed thread needs.
+fn prepare_confinement(cli: &cli::Cli) -> Result<(), String> {
+    ferry_net_passt::spawner::start()
+        .map_err(|e| format!("cannot start the passt spawner: {e}"))?;
+    if cli.no_seccomp {
+        log::info!("seccomp filters off (--no-seccomp)");
+        return Ok(());
+    }
+    let mode = match std::env::var("FERRY_SECCOMP").as_deref() {
+        Ok("log") => ferry_confine::seccomp::Mode::Log,
+        _ => ferry_confine::seccomp::Mode::Enforce,
+    };
+    ferry_confine::seccomp::enable(mode, ferry::kick_signal()).map_err(|e| chain(&e))?;
+    log::debug!("seccomp filters on ({mode:?})");
+    Ok(())
+}
+
 fn main() {
     let start = Instant::now();
     let cli = cli::Cli::try_parse().unwrap_or_else(|e| {
@@ -91,6 +112,10 @@ fn main() {
             .unwrap_or_else(|| config::Transport::for_cmdline(&cli.cmdline));
         println!("{}", config::cmdline_for(&cli.cmdline, transport));
         return;
+    }
+    if let Err(message) = prepare_confinement(&cli) {
+        log::error!("{message}");
+        std::process::exit(exit_status::VMM_FAILURE);
     }
     let code = match boot(&cli, start) {
         Ok(reason) => exit_status::for_reason(&reason),

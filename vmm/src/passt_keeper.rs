@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ferry_confine::seccomp::ThreadKind;
 use ferry_devices::virtio::net::Relink;
 use ferry_net_passt::{Passt, PasstConfig, THREAD_STACK};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -120,7 +121,13 @@ impl PasstKeeper {
         let thread = std::thread::Builder::new()
             .name(format!("passt-keeper{card}"))
             .stack_size(THREAD_STACK)
-            .spawn(move || keeper.run(running))?;
+            .spawn(move || {
+                if let Err(e) = ferry_confine::seccomp::enter(ThreadKind::PasstKeeper) {
+                    log::error!("net{card}: {e}; passt will not be restarted");
+                    return;
+                }
+                keeper.run(running)
+            })?;
         Ok(Self {
             stop,
             thread: Some(thread),

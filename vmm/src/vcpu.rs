@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ferry_boot::{cpuid, regs};
+use ferry_confine::seccomp::ThreadKind;
 use ferry_devices::bus::Bus;
 use ferry_devices::vm_end::{ExitReason, VmEnd};
 use kvm_bindings::{
@@ -43,7 +44,7 @@ pub enum Error {
 }
 
 /// Signal that kicks a vCPU thread out of KVM_RUN.
-fn kick_signal() -> i32 {
+pub fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
@@ -237,6 +238,11 @@ impl Vcpu {
 
     /// Runs the guest until the VM ends.
     fn run(mut self) {
+        if let Err(e) = ferry_confine::seccomp::enter(ThreadKind::Vcpu) {
+            self.vm_end
+                .request(ExitReason::Failure(format!("vCPU {}: {e}", self.id)));
+            return;
+        }
         while !self.vm_end.has_ended() {
             let outcome = match self.fd.run() {
                 Ok(exit) => {

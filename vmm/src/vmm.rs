@@ -9,6 +9,7 @@ use std::time::Instant;
 use ferry_devices::vm_end::{ExitReason, VmEnd};
 
 use crate::config::{self, Launch, VmConfig};
+use crate::confinement;
 use crate::event_loop::{self, EventLoop, StopPolicy};
 use crate::resources::VmResources;
 use crate::vm::{self, Vm};
@@ -28,6 +29,9 @@ pub enum Error {
     /// The VM runs already.
     #[error("the VM has already started")]
     AlreadyStarted,
+    /// ferry could not confine itself.
+    #[error(transparent)]
+    Confine(#[from] confinement::Error),
 }
 
 impl Error {
@@ -38,7 +42,7 @@ impl Error {
             Error::Config(_) | Error::AlreadyStarted => BAD_CONFIG,
             Error::Vm(e) if e.is_bad_input() => BAD_CONFIG,
             Error::Vm(e) if e.is_kvm_unavailable() => KVM_UNAVAILABLE,
-            Error::Vm(_) | Error::EventLoop(_) => VMM_FAILURE,
+            Error::Vm(_) | Error::EventLoop(_) | Error::Confine(_) => VMM_FAILURE,
         }
     }
 }
@@ -119,6 +123,7 @@ impl Vmm {
             self.vm_end.clone(),
             &mut self.event_loop,
         )?;
+        confinement::confine(&self.resources, &self.launch)?;
         vm.start(&mut self.event_loop);
         log::debug!(
             "vCPUs started {} ms after launch",

@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use ferry_confine::seccomp::ThreadKind;
+
 use super::ActivateError;
 
 pub use ferry_net_passt::THREAD_STACK;
@@ -21,7 +23,8 @@ pub const STOP_TOKEN: u32 = u32::MAX;
 #[derive(Debug)]
 struct Running<T> {
     stop: EventFd,
-    thread: JoinHandle<T>,
+    /// What the thread hands back; `None` if it could not be confined.
+    thread: JoinHandle<Option<T>>,
 }
 
 /// A device's data-path thread, if it runs: started on activation,
@@ -40,11 +43,12 @@ impl<T> Default for DeviceThread<T> {
 
 impl<T: Send + 'static> DeviceThread<T> {
     /// Starts `body` on a thread called `name` (stopping one that still
-    /// runs first); `body` gets the eventfd to end on, for
-    /// [`run_until_stopped`].
+    /// runs first), under the seccomp filter of `kind`'s threads; `body`
+    /// gets the eventfd to end on, for [`run_until_stopped`].
     pub fn start(
         &mut self,
         name: String,
+        kind: ThreadKind,
         body: impl FnOnce(EventFd) -> T + Send + 'static,
     ) -> Result<(), ActivateError> {
         self.stop();
@@ -53,7 +57,17 @@ impl<T: Send + 'static> DeviceThread<T> {
         let thread = std::thread::Builder::new()
             .name(name)
             .stack_size(THREAD_STACK)
-            .spawn(move || body(thread_stop))
+            .spawn(move || {
+                // A thread that cannot be confined does not run: the
+                // device stays without its data path, and says so.
+                match ferry_confine::seccomp::enter(kind) {
+                    Ok(()) => Some(body(thread_stop)),
+                    Err(e) => {
+                        log::error!("{}: {e}", std::thread::current().name().unwrap_or("device"));
+                        None
+                    }
+                }
+            })
             .map_err(ActivateError::Worker)?;
         self.running = Some(Running { stop, thread });
         Ok(())
@@ -68,7 +82,7 @@ impl<T> DeviceThread<T> {
         let _ = stop.write(1);
         let name = thread.thread().name().unwrap_or("device").to_owned();
         match thread.join() {
-            Ok(handed_back) => Some(handed_back),
+            Ok(handed_back) => handed_back,
             Err(_) => {
                 log::error!("{name}: the device thread panicked");
                 None
@@ -176,7 +190,7 @@ mod tests {
         let mut thread = DeviceThread::default();
         assert!(thread.stop().is_none(), "none runs yet");
         thread
-            .start("test-dev".into(), move |stop| {
+            .start("test-dev".into(), ThreadKind::Block, move |stop| {
                 assert_eq!(std::thread::current().name(), Some("test-dev"));
                 run_until_stopped("test-dev", counter, stop).map(|c| c.kicks)
             })
@@ -191,7 +205,7 @@ mod tests {
         let mut thread = DeviceThread::default();
         let flag = ended.clone();
         thread
-            .start("test-dev".into(), move |stop| {
+            .start("test-dev".into(), ThreadKind::Block, move |stop| {
                 let counter = Counter {
                     kick: EventFd::new(EFD_NONBLOCK).unwrap(),
                     kicks: 0,
@@ -205,7 +219,9 @@ mod tests {
 
         let mut thread = DeviceThread::<()>::default();
         thread
-            .start("test-dev".into(), |_| panic!("on purpose"))
+            .start("test-dev".into(), ThreadKind::Block, |_| {
+                panic!("on purpose")
+            })
             .unwrap();
         assert!(thread.stop().is_none());
     }

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod request;
 mod worker;
 
+use ferry_confine::seccomp::ThreadKind;
 use std::mem::offset_of;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -209,7 +210,9 @@ impl VirtioDevice for Block {
             stats: self.stats.clone(),
         };
         self.worker
-            .start(self.name.clone(), move |stop| worker.run(stop))?;
+            .start(self.name.clone(), ThreadKind::Block, move |stop| {
+                worker.run(stop)
+            })?;
         self.backing.attach(interrupt);
         Ok(())
     }

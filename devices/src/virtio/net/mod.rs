@@ -10,6 +10,7 @@ mod rx;
 mod tx;
 mod worker;
 
+use ferry_confine::seccomp::ThreadKind;
 use std::mem::{offset_of, size_of};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -258,18 +259,21 @@ impl VirtioDevice for Net {
         match self.backend.take() {
             Some(NetBackend::Tap(tap)) => {
                 let worker = data_path(parts, tap, acked);
-                self.worker
-                    .start(name, move |stop| worker.run(stop).map(NetBackend::Tap))
+                self.worker.start(name, ThreadKind::Net, move |stop| {
+                    worker.run(stop).map(NetBackend::Tap)
+                })
             }
             Some(NetBackend::Passt(passt)) => {
                 let worker = data_path(parts, passt, acked);
-                self.worker
-                    .start(name, move |stop| worker.run(stop).map(NetBackend::Passt))
+                self.worker.start(name, ThreadKind::Net, move |stop| {
+                    worker.run(stop).map(NetBackend::Passt)
+                })
             }
             None => {
                 let worker = worker::NetWorker::<Passt>::new(parts, None);
-                self.worker
-                    .start(name, move |stop| worker.run(stop).map(NetBackend::Passt))
+                self.worker.start(name, ThreadKind::Net, move |stop| {
+                    worker.run(stop).map(NetBackend::Passt)
+                })
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod muxer;
 pub mod packet;
 mod stats;
 
+use ferry_confine::seccomp::ThreadKind;
 use std::io;
 use std::os::linux::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
@@ -226,7 +227,9 @@ impl VirtioDevice for Vsock {
             max_connections: self.max_connections,
         });
         self.worker
-            .start(self.name.clone(), move |stop| muxer.run(stop))
+            .start(self.name.clone(), ThreadKind::Vsock, move |stop| {
+                muxer.run(stop)
+            })
     }
 
     fn reset(&mut self) {
