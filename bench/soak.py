@@ -272,7 +272,8 @@ def boot_loop(args, tmp):
             print(f"soak: boot {i}: status {out.returncode}, expected {i % 7}", file=sys.stderr)
     left_files = sorted(set(os.listdir(tmp)) - {"scratch.img", "ferry.log"})
     left_tmp = sorted(set(os.listdir(tempfile.gettempdir())) - before)
-    left_ferry = subprocess.run(["pgrep", "-x", "ferry"], capture_output=True, text=True).stdout.split()
+    left_ferry = [pid for name in ("ferry", "ferry-spawner")
+                  for pid in subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()]
     return {"boots": args.boots, "seconds": round(time.monotonic() - start, 1), "wrong_status": failures,
             "files_left_in_the_vm_directory": left_files, "new_files_in_tmp": left_tmp,
             "ferry_left": left_ferry, "passt_left": passt_pids()}

@@ -427,7 +427,8 @@ fn agent_answers(vsock: &Path, port: u32, deadline: Instant) -> bool {
 /// runtime-rs's 1 s.
 fn stop_processes(id: &str, mut ferry: Child, grace: Duration, known_children: &[libc::pid_t]) {
     let pid = ferry.id() as libc::pid_t;
-    let mut children = children_of(pid);
+    // ferry's children and theirs (passt is a child of ferry's spawner).
+    let mut children = descendants_of(pid);
     for &child in known_children {
         if !children.contains(&child) {
             children.push(child);
@@ -449,9 +450,13 @@ fn stop_processes(id: &str, mut ferry: Child, grace: Duration, known_children: &
     if !ended {
         signal(-pid, libc::SIGKILL);
     }
-    // Only processes that are still ferry's or already this process's:
-    // a pid reused by someone else is left alone.
-    children.retain(|&child| matches!(parent_of(child), Some(p) if p == pid || p == own_pid()));
+    // Only processes that are still ferry's family's or already this
+    // process's: a pid reused by someone else is left alone.
+    let mut family = children.clone();
+    family.push(pid);
+    children.retain(
+        |&child| matches!(parent_of(child), Some(p) if family.contains(&p) || p == own_pid()),
+    );
     for &child in &children {
         signal(child, libc::SIGKILL);
     }
@@ -464,7 +469,7 @@ fn stop_processes(id: &str, mut ferry: Child, grace: Duration, known_children: &
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             }
         };
-        children.retain(|&child| !reap(child, pid, deadline));
+        children.retain(|&child| !reap(child, &family, deadline));
         ferry_done && children.is_empty()
     };
     if reap_all(stopped + REAP_WAIT) {
@@ -495,6 +500,21 @@ fn own_pid() -> libc::pid_t {
     unsafe { libc::getpid() }
 }
 
+/// The descendants of process `pid`: its children, theirs, and so on.
+fn descendants_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut found: Vec<libc::pid_t> = Vec::new();
+    let mut to_visit = vec![pid];
+    while let Some(parent) = to_visit.pop() {
+        for child in children_of(parent) {
+            if !found.contains(&child) {
+                found.push(child);
+                to_visit.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// The children of process `pid` (every thread's).
 fn children_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -520,11 +540,11 @@ fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
         .and_then(|p| p.trim().parse().ok())
 }
 
-/// Kills and reaps `pid`, a child of ferry (`ferry`), once it is this
-/// process's child (ferry gone, the service a subreaper): true once it is
-/// gone or belongs to someone else, false if it is still there at
-/// `deadline`.
-fn reap(pid: libc::pid_t, ferry: libc::pid_t, deadline: Instant) -> bool {
+/// Kills and reaps `pid`, a descendant of ferry (`family`: ferry and its
+/// descendants), once it is this process's child (its parent gone, the
+/// service a subreaper): true once it is gone or belongs to someone else,
+/// false if it is still there at `deadline`.
+fn reap(pid: libc::pid_t, family: &[libc::pid_t], deadline: Instant) -> bool {
     loop {
         match parent_of(pid) {
             None => return true,
@@ -539,8 +559,8 @@ fn reap(pid: libc::pid_t, ferry: libc::pid_t, deadline: Instant) -> bool {
                     return true;
                 }
             }
-            // Still ferry's: ferry is on its way out.
-            Some(parent) if parent == ferry => {}
+            // Still ferry's or its spawner's: on their way out.
+            Some(parent) if family.contains(&parent) => {}
             Some(_) => return true,
         }
         if Instant::now() >= deadline {
