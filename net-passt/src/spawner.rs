@@ -56,7 +56,11 @@ pub fn start() -> io::Result<()> {
         -1 => Err(io::Error::last_os_error()),
         0 => {
             drop(ours);
-            serve(theirs, parent)
+            become_spawner(parent);
+            serve(&theirs);
+            // SAFETY: leaving without running ferry's exit handlers (they
+            // are the parent's).
+            unsafe { libc::_exit(0) }
         }
         pid => {
             drop(theirs);
@@ -92,7 +96,7 @@ pub fn pid() -> Option<u32> {
 impl Spawner {
     /// Asks for a passt run as `config` says.
     pub(crate) fn start(
-        &self,
+        &'static self,
         config: &PasstConfig,
     ) -> Result<(SpawnedPasst, UnixStream, Vec<OwnedFd>), StartFailure> {
         let mut request: Vec<&[u8]> = vec![b"start", config.binary.as_os_str().as_bytes()];
@@ -106,7 +110,11 @@ impl Spawner {
                 let pid = number(fields.get(1)).unwrap_or(0) as u32;
                 let outputs = fds.split_off(1);
                 let stream = UnixStream::from(fds.remove(0));
-                let passt = SpawnedPasst { pid, status: None };
+                let passt = SpawnedPasst {
+                    pid,
+                    status: None,
+                    spawner: self,
+                };
                 Ok((passt, stream, outputs))
             }
             Some(b"failed") => Err(StartFailure(failure(&fields[1..]), fds)),
@@ -130,6 +138,7 @@ impl Spawner {
 pub(crate) struct SpawnedPasst {
     pid: u32,
     status: Option<ExitStatus>,
+    spawner: &'static Spawner,
 }
 
 impl SpawnedPasst {
@@ -155,9 +164,8 @@ impl SpawnedPasst {
     /// it has gone (a spawner that went counts as gone: it stops its passt
     /// processes as it leaves).
     fn ask(&self, what: &[u8]) -> Option<ExitStatus> {
-        let spawner = get()?;
         let pid = self.pid.to_string();
-        let reply = match spawner.ask(&[what, pid.as_bytes()], &[]) {
+        let reply = match self.spawner.ask(&[what, pid.as_bytes()], &[]) {
             Ok((reply, _)) => reply,
             Err(e) => {
                 log::warn!("passt (pid {}): {e}", self.pid);
@@ -181,24 +189,29 @@ impl Drop for SpawnedPasst {
     }
 }
 
-/// The spawner's side: serves ferry's requests until ferry's end closes,
-/// then stops its passt processes and exits.
-fn serve(control: UnixDatagram, parent: libc::pid_t) -> ! {
-    // SAFETY: prctl and setpgid on this process with valid arguments.
+/// The forked child becomes the spawner: gone when ferry (`parent`) goes,
+/// even by SIGKILL; out of ferry's process group, whose terminal signals
+/// are ferry's to handle; named `ferry-spawner`.
+fn become_spawner(parent: libc::pid_t) {
+    // SAFETY: prctl, getppid, setpgid and _exit on this process with
+    // valid arguments.
     unsafe {
-        // Gone when ferry goes, even by SIGKILL.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if libc::getppid() != parent {
             libc::_exit(0);
         }
-        // Terminal signals are ferry's to handle.
         libc::setpgid(0, 0);
         libc::prctl(libc::PR_SET_NAME, c"ferry-spawner".as_ptr());
     }
+}
+
+/// The spawner's side: serves ferry's requests until ferry's end closes,
+/// then stops its passt processes.
+fn serve(control: &UnixDatagram) {
     let mut children: HashMap<u32, ChildPasst> = HashMap::new();
     let mut started: Vec<PasstConfig> = Vec::new();
     let mut sealed = false;
-    while let Ok(Some((request, _))) = receive(&control) {
+    while let Ok(Some((request, _))) = receive(control) {
         let fields = fields(&request);
         let reply = match fields.first().copied() {
             Some(b"start") if fields.len() >= 2 => {
@@ -210,12 +223,12 @@ fn serve(control: UnixDatagram, parent: libc::pid_t) -> ! {
                         .collect(),
                 };
                 if sealed && !started.contains(&config) {
-                    send(&control, &[b"failed", b"refused"], &[])
+                    send(control, &[b"failed", b"refused"], &[])
                 } else {
                     if !started.contains(&config) {
                         started.push(config.clone());
                     }
-                    start_child(&control, &config, &mut children)
+                    start_child(control, &config, &mut children)
                 }
             }
             Some(what @ (b"status" | b"stop")) => {
@@ -225,20 +238,20 @@ fn serve(control: UnixDatagram, parent: libc::pid_t) -> ! {
                     _ => child.exited(),
                 });
                 match status {
-                    None => send(&control, &[b"gone"], &[]),
-                    Some(None) => send(&control, &[b"running"], &[]),
+                    None => send(control, &[b"gone"], &[]),
+                    Some(None) => send(control, &[b"running"], &[]),
                     Some(Some(status)) => {
                         children.remove(&pid);
                         let raw = status.into_raw().to_string();
-                        send(&control, &[b"exited", raw.as_bytes()], &[])
+                        send(control, &[b"exited", raw.as_bytes()], &[])
                     }
                 }
             }
             Some(b"seal") => {
                 sealed = true;
-                send(&control, &[b"ok"], &[])
+                send(control, &[b"ok"], &[])
             }
-            _ => send(&control, &[b"failed", b"bad-request"], &[]),
+            _ => send(control, &[b"failed", b"bad-request"], &[]),
         };
         if reply.is_err() {
             break;
@@ -247,9 +260,6 @@ fn serve(control: UnixDatagram, parent: libc::pid_t) -> ! {
     for (_, mut child) in children {
         child.stop();
     }
-    // SAFETY: leaving without running ferry's exit handlers (they are the
-    // parent's).
-    unsafe { libc::_exit(0) }
 }
 
 /// Starts a passt for ferry and sends it the answer.
@@ -396,6 +406,104 @@ fn receive(socket: &UnixDatagram) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+
+    /// A spawner served by a thread of this process, and a stand-in passt
+    /// (the launcher's tests' echo peer) as its configuration.
+    fn spawner_on_a_thread(
+        name: &str,
+    ) -> (&'static Spawner, std::thread::JoinHandle<()>, PasstConfig) {
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        let server = std::thread::spawn(move || serve(&theirs));
+        let spawner = Box::leak(Box::new(Spawner {
+            control: Mutex::new(ours),
+            pid: std::process::id(),
+        }));
+        let dir = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("echo-peer");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho $$ > \"$5\"\necho started\nexec cat <&$3 >&$3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let config = PasstConfig {
+            binary: script,
+            args: vec![],
+        };
+        (spawner, server, config)
+    }
+
+    #[test]
+    fn the_spawner_starts_stops_and_after_sealing_refuses_new_configurations() {
+        let (spawner, server, config) = spawner_on_a_thread("spawner-seal");
+        let (mut passt, mut stream, outputs) = spawner.start(&config).unwrap();
+        // ferry's end of the stream reaches the stand-in, and its stdout comes along.
+        stream.write_all(b"ping").unwrap();
+        let mut echoed = [0u8; 4];
+        stream.read_exact(&mut echoed).unwrap();
+        assert_eq!(&echoed, b"ping");
+        let mut said = String::new();
+        let mut stdout = std::fs::File::from(outputs.into_iter().next().unwrap());
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            said.push(byte[0] as char);
+        }
+        assert_eq!(said, "started");
+        assert_eq!(passt.exited(), None, "still running");
+        // Sealed: the same configuration again is fine, another is refused.
+        seal_with(spawner);
+        let (mut again, _stream2, _) = spawner.start(&config).unwrap();
+        let other = PasstConfig {
+            binary: config.binary.clone(),
+            args: vec!["--other".into()],
+        };
+        let refused = spawner.start(&other).unwrap_err();
+        assert!(matches!(refused.0, Error::Refused), "{:?}", refused.0);
+        // Stopped: the status comes back, and the spawner forgets the pid.
+        drop(stream);
+        assert!(passt.stop().is_some());
+        assert!(again.stop().is_some());
+        // ferry's end closed: the spawner ends.
+        drop(std::mem::replace(
+            &mut *spawner.control.lock().unwrap(),
+            seqpacket_pair().unwrap().0,
+        ));
+        server.join().unwrap();
+        std::fs::remove_dir_all(config.binary.parent().unwrap()).unwrap();
+    }
+
+    fn seal_with(spawner: &Spawner) {
+        let (reply, _) = spawner.ask(&[b"seal"], &[]).unwrap();
+        assert_eq!(reply, b"ok");
+    }
+
+    #[test]
+    fn garbled_requests_are_answered_not_obeyed() {
+        let (spawner, server, config) = spawner_on_a_thread("spawner-garbled");
+        for request in [
+            &[b"what" as &[u8]][..],
+            &[b"start"],
+            &[b"stop", b"x"],
+            &[b"status", b"99999999"],
+        ] {
+            let (reply, fds) = spawner.ask(request, &[]).unwrap();
+            assert!(fds.is_empty());
+            assert!(
+                reply.starts_with(b"failed") || reply == b"gone",
+                "{:?}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+        drop(std::mem::replace(
+            &mut *spawner.control.lock().unwrap(),
+            seqpacket_pair().unwrap().0,
+        ));
+        server.join().unwrap();
+        std::fs::remove_dir_all(config.binary.parent().unwrap()).unwrap();
+    }
 
     #[test]
     fn every_start_failure_crosses_the_socket() {
