@@ -108,7 +108,11 @@ impl ApiFerry {
             std::thread::sleep(Duration::from_millis(50));
         };
         if self.sock.exists() {
-            return Err("the API socket should be removed when ferry exits".into());
+            return Err(format!(
+                "the API socket should be removed when ferry exits ({status})\n{}",
+                self.console_text()
+            )
+            .into());
         }
         Ok((status.code(), self.console_text()))
     }

@@ -221,6 +221,7 @@ fn ioctls_of(rules: &mut Rules, ioctl_type: u64) {
 /// Ctrl-Alt-Del), and stopping the VM.
 fn main_thread(rules: &mut Rules, pid: u32) {
     event_loop(rules);
+    // vCPU threads start here, under this filter and then their own.
     thread_starts(rules);
     // KVM: interrupt lines, the VM's state when it ends.
     ioctls_of(rules, KVM_IOCTL_TYPE);
@@ -261,11 +262,12 @@ fn main_thread(rules: &mut Rules, pid: u32) {
     allow_if(rules, libc::SYS_kill, &[arg_eq(0, u64::from(pid))]);
 }
 
-/// A vCPU: `KVM_RUN` and the devices it emulates on exits, which start
-/// and stop their data-path threads when the guest's driver says so.
+/// A vCPU: `KVM_RUN` and the devices it emulates on exits, which hand
+/// their data-path threads (started with the devices) a body to run when
+/// the guest's driver activates them, and stop it on reset. vCPUs start
+/// under the main thread's filter, whose list holds all of this one's.
 fn vcpu(rules: &mut Rules) {
     ioctls_of(rules, KVM_IOCTL_TYPE);
-    thread_starts(rules);
     // A device's data path started on activation: its events and timers.
     allow(rules, &[libc::SYS_eventfd2, libc::SYS_fcntl]);
     timers(rules);

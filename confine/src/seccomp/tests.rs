@@ -190,6 +190,32 @@ fn no_thread_signals_another_process() {
     }
 }
 
+/// A thread started by a confined thread runs under its starter's filter
+/// as well as its own (filters stack): the starter's list must hold
+/// everything the started thread's does.
+#[test]
+fn threads_started_by_confined_threads_keep_their_own_lists() {
+    let pid = std::process::id();
+    let kick = libc::SIGRTMIN();
+    for (starter, started) in [
+        (ThreadKind::Main, ThreadKind::Vcpu),
+        (ThreadKind::PasstKeeper, ThreadKind::PasstLog),
+        (ThreadKind::Api, ThreadKind::Api),
+    ] {
+        let starter_rules = allow::rules(starter, pid, kick);
+        for (syscall, rules) in allow::rules(started, pid, kick) {
+            let held = starter_rules.get(&syscall).is_some_and(|starter_rules| {
+                starter_rules.is_empty() || rules.iter().all(|r| starter_rules.contains(r))
+            });
+            assert!(
+                held,
+                "{starter} lacks {started}'s {:?}",
+                syscall_name(syscall)
+            );
+        }
+    }
+}
+
 #[test]
 fn clone3_is_answered_enosys_so_that_glibc_uses_clone() {
     // The prefix answers clone3 before the rules: a filter that allows

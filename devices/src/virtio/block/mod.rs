@@ -103,11 +103,11 @@ impl Block {
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
         Self {
             backing: Arc::new(Backing::new(name.clone(), disk)),
+            worker: DeviceThread::new(name.clone(), ThreadKind::Block),
             name,
             serial: id,
             writeback: Arc::new(AtomicBool::new(true)),
             stats: Arc::new(BlockStats::default()),
-            worker: DeviceThread::default(),
         }
     }
 
@@ -209,10 +209,7 @@ impl VirtioDevice for Block {
             writeback: self.writeback.clone(),
             stats: self.stats.clone(),
         };
-        self.worker
-            .start(self.name.clone(), ThreadKind::Block, move |stop| {
-                worker.run(stop)
-            })?;
+        self.worker.start(move |stop| worker.run(stop))?;
         self.backing.attach(interrupt);
         Ok(())
     }

@@ -167,7 +167,7 @@ impl Net {
             stats: Arc::new(NetStats::default()),
             backend: Some(backend),
             relink: None,
-            worker: DeviceThread::default(),
+            worker: DeviceThread::new(format!("net{id}"), ThreadKind::Net),
         }
     }
 
@@ -255,25 +255,21 @@ impl VirtioDevice for Net {
             acked,
             relink: self.relink.clone(),
         };
-        let name = format!("net{id}");
         match self.backend.take() {
             Some(NetBackend::Tap(tap)) => {
                 let worker = data_path(parts, tap, acked);
-                self.worker.start(name, ThreadKind::Net, move |stop| {
-                    worker.run(stop).map(NetBackend::Tap)
-                })
+                self.worker
+                    .start(move |stop| worker.run(stop).map(NetBackend::Tap))
             }
             Some(NetBackend::Passt(passt)) => {
                 let worker = data_path(parts, passt, acked);
-                self.worker.start(name, ThreadKind::Net, move |stop| {
-                    worker.run(stop).map(NetBackend::Passt)
-                })
+                self.worker
+                    .start(move |stop| worker.run(stop).map(NetBackend::Passt))
             }
             None => {
                 let worker = worker::NetWorker::<Passt>::new(parts, None);
-                self.worker.start(name, ThreadKind::Net, move |stop| {
-                    worker.run(stop).map(NetBackend::Passt)
-                })
+                self.worker
+                    .start(move |stop| worker.run(stop).map(NetBackend::Passt))
             }
         }
     }

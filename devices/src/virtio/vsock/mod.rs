@@ -147,13 +147,13 @@ impl Vsock {
         }
         let listener = BoundListener::bind(uds_path, ListenerKind::Hybrid)?;
         Ok(Self {
+            worker: DeviceThread::new(name.clone(), ThreadKind::Vsock),
             name,
             guest_cid,
             uds_path: uds_path.to_owned(),
             listeners: vec![listener],
             max_connections: MAX_CONNECTIONS,
             stats: Arc::new(VsockStats::default()),
-            worker: DeviceThread::default(),
         })
     }
 
@@ -226,10 +226,7 @@ impl VirtioDevice for Vsock {
             stats: self.stats.clone(),
             max_connections: self.max_connections,
         });
-        self.worker
-            .start(self.name.clone(), ThreadKind::Vsock, move |stop| {
-                muxer.run(stop)
-            })
+        self.worker.start(move |stop| muxer.run(stop))
     }
 
     fn reset(&mut self) {
