@@ -31,7 +31,7 @@ pub(super) fn rules(kind: ThreadKind, pid: u32, kick_signal: i32) -> Rules {
     let mut rules = Rules::new();
     every_thread(&mut rules, pid, kick_signal);
     match kind {
-        ThreadKind::Main => main_thread(&mut rules, pid),
+        ThreadKind::Main => main_thread(&mut rules),
         ThreadKind::Vcpu => vcpu(&mut rules),
         ThreadKind::Api => api(&mut rules),
         ThreadKind::Block => block(&mut rules),
@@ -55,6 +55,8 @@ fn every_thread(rules: &mut Rules, pid: u32, kick_signal: i32) {
             libc::SYS_write,
             libc::SYS_writev,
             libc::SYS_close,
+            // Descriptors duplicated (try_clone), their flags read and set.
+            libc::SYS_fcntl,
             // The allocator and thread stacks.
             libc::SYS_mmap,
             libc::SYS_munmap,
@@ -219,7 +221,7 @@ fn ioctls_of(rules: &mut Rules, ioctl_type: u64) {
 /// The main thread: the main loop (timeouts, stop signals, the VM's end),
 /// the API's requests once the VM runs (drives swapped, metrics written,
 /// Ctrl-Alt-Del), and stopping the VM.
-fn main_thread(rules: &mut Rules, pid: u32) {
+fn main_thread(rules: &mut Rules) {
     event_loop(rules);
     // vCPU threads start here, under this filter and then their own.
     thread_starts(rules);
@@ -238,7 +240,6 @@ fn main_thread(rules: &mut Rules, pid: u32) {
             libc::SYS_newfstatat,
             libc::SYS_statx,
             libc::SYS_lseek,
-            libc::SYS_fcntl,
             // The swapped-in drive locked as the first one was.
             libc::SYS_flock,
             // The timeout and the signals that stop the VM.
@@ -258,8 +259,6 @@ fn main_thread(rules: &mut Rules, pid: u32) {
             libc::SYS_recvfrom,
         ],
     );
-    // Stopping the VM's own children (none but passt's spawner).
-    allow_if(rules, libc::SYS_kill, &[arg_eq(0, u64::from(pid))]);
 }
 
 /// A vCPU: `KVM_RUN` and the devices it emulates on exits, which hand
@@ -269,7 +268,7 @@ fn main_thread(rules: &mut Rules, pid: u32) {
 fn vcpu(rules: &mut Rules) {
     ioctls_of(rules, KVM_IOCTL_TYPE);
     // A device's data path started on activation: its events and timers.
-    allow(rules, &[libc::SYS_eventfd2, libc::SYS_fcntl]);
+    allow(rules, &[libc::SYS_eventfd2]);
     timers(rules);
 }
 
@@ -285,7 +284,6 @@ fn api(rules: &mut Rules) {
             libc::SYS_recvfrom,
             libc::SYS_sendto,
             libc::SYS_shutdown,
-            libc::SYS_fcntl,
             libc::SYS_setsockopt,
         ],
     );
@@ -346,7 +344,6 @@ fn vsock(rules: &mut Rules) {
             libc::SYS_recvfrom,
             libc::SYS_sendto,
             libc::SYS_shutdown,
-            libc::SYS_fcntl,
             libc::SYS_getsockopt,
         ],
     );
@@ -362,7 +359,6 @@ fn passt_keeper(rules: &mut Rules) {
             libc::SYS_sendmsg,
             libc::SYS_recvmsg,
             libc::SYS_shutdown,
-            libc::SYS_fcntl,
         ],
     );
     thread_starts(rules);
