@@ -624,7 +624,14 @@ fn kata_plugin_runs_three_pods_each_in_its_own_network_namespace() -> TestResult
         }
 
         // ferry killed under sandbox2: StopVM still succeeds and cleans up.
-        let victims = pids_with("--id sandbox2 ");
+        // (Its passt spawner, a fork of it, has the same command line.)
+        let victims: Vec<u32> = pids_with("--id sandbox2 ")
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "ferry")
+            })
+            .collect();
         if victims.len() != 1 {
             return Err(format!("expected one ferry for sandbox2, found {victims:?}").into());
         }
