@@ -16,11 +16,17 @@ use super::ThreadKind;
 /// A filter's rules: a system call allowed with no condition has none.
 pub(super) type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
-/// `ioctl` request types (the request's bits 8-15): KVM's, the TUN
-/// driver's and the terminal's (both 'T'), block devices'.
+/// `ioctl` request types (the request's bits 8-15): KVM's, block devices'.
 const KVM_IOCTL_TYPE: u64 = 0xAE;
-const TUN_AND_TERMINAL_IOCTL_TYPE: u64 = b'T' as u64;
 const BLOCK_IOCTL_TYPE: u64 = 0x12;
+/// The terminal's state read and put back (the console's raw mode); no
+/// other terminal request (TIOCSTI would type into it).
+const TERMINAL_IOCTLS: [u64; 4] = [
+    libc::TCGETS,
+    libc::TCSETS,
+    libc::TCSETSW,
+    libc::TCSETSF,
+];
 /// `KVM_SIGNAL_MSI` (`_IOW(KVMIO, 0xa5, struct kvm_msi)`): how a device
 /// on PCI interrupts the guest, from whichever thread completes its work.
 const KVM_SIGNAL_MSI: u64 = 0x4020_aea5;
@@ -203,6 +209,11 @@ fn socket_file_removal(rules: &mut Rules) {
     );
 }
 
+/// A TAP's offloads set to what the guest's driver acked (on activation).
+fn tap_offloads(rules: &mut Rules) {
+    allow_if(rules, libc::SYS_ioctl, &[arg_eq(1, libc::TUNSETOFFLOAD)]);
+}
+
 /// A device's interrupts: MSI messages injected with `KVM_SIGNAL_MSI`
 /// (the other interrupts go through eventfds KVM watches).
 fn msi_interrupts(rules: &mut Rules) {
@@ -231,7 +242,11 @@ fn main_thread(rules: &mut Rules) {
     // old one's descriptor closed.
     ioctls_of(rules, BLOCK_IOCTL_TYPE);
     // The terminal put back as it was (stdin in raw mode for the console).
-    ioctls_of(rules, TUN_AND_TERMINAL_IOCTL_TYPE);
+    for request in TERMINAL_IOCTLS {
+        allow_if(rules, libc::SYS_ioctl, &[arg_eq(1, request)]);
+    }
+    // vCPUs start under this filter and set a TAP's offloads.
+    tap_offloads(rules);
     allow(
         rules,
         &[
@@ -270,6 +285,7 @@ fn vcpu(rules: &mut Rules) {
     // A device's data path started on activation: its events and timers.
     allow(rules, &[libc::SYS_eventfd2]);
     timers(rules);
+    tap_offloads(rules);
 }
 
 /// The API's threads: the one accepting connections, and one per connection.
@@ -326,7 +342,6 @@ fn net(rules: &mut Rules) {
             libc::SYS_shutdown,
         ],
     );
-    ioctls_of(rules, TUN_AND_TERMINAL_IOCTL_TYPE);
 }
 
 /// vsock's muxer: the guest's connections joined to UNIX sockets, both ways.
