@@ -21,12 +21,7 @@ const KVM_IOCTL_TYPE: u64 = 0xAE;
 const BLOCK_IOCTL_TYPE: u64 = 0x12;
 /// The terminal's state read and put back (the console's raw mode); no
 /// other terminal request (TIOCSTI would type into it).
-const TERMINAL_IOCTLS: [u64; 4] = [
-    libc::TCGETS,
-    libc::TCSETS,
-    libc::TCSETSW,
-    libc::TCSETSF,
-];
+const TERMINAL_IOCTLS: [u64; 4] = [libc::TCGETS, libc::TCSETS, libc::TCSETSW, libc::TCSETSF];
 /// `KVM_SIGNAL_MSI` (`_IOW(KVMIO, 0xa5, struct kvm_msi)`): how a device
 /// on PCI interrupts the guest, from whichever thread completes its work.
 const KVM_SIGNAL_MSI: u64 = 0x4020_aea5;
@@ -370,11 +365,7 @@ fn passt_keeper(rules: &mut Rules) {
     event_loop(rules);
     allow(
         rules,
-        &[
-            libc::SYS_sendmsg,
-            libc::SYS_recvmsg,
-            libc::SYS_shutdown,
-        ],
+        &[libc::SYS_sendmsg, libc::SYS_recvmsg, libc::SYS_shutdown],
     );
     thread_starts(rules);
 }

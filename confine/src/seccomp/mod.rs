@@ -147,22 +147,35 @@ fn compile(kind: ThreadKind, mode: Mode, pid: u32, kick_signal: i32) -> Result<B
         Mode::Enforce => SeccompAction::Trap,
         Mode::Log => SeccompAction::Log,
     };
+    let rules = allow::rules(kind, pid, kick_signal);
     let filter = SeccompFilter::new(
-        allow::rules(kind, pid, kick_signal),
+        rules.clone(),
         refused,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
     .map_err(|e| Error::Compile(kind, e))?;
     let program: BpfProgram = filter.try_into().map_err(|e| Error::Compile(kind, e))?;
-    Ok(refuse_clone3(program))
+    let opens_files = rules.contains_key(&libc::SYS_openat);
+    let mut soft = vec![(libc::SYS_clone3, libc::ENOSYS)];
+    if !opens_files {
+        for open in [libc::SYS_open, libc::SYS_openat, libc::SYS_openat2] {
+            soft.push((open, libc::EACCES));
+        }
+    }
+    Ok(with_soft_refusals(&soft, program))
 }
 
-/// Puts in front of `program` a check that answers `clone3` with ENOSYS:
-/// its arguments are in memory, out of a filter's reach, and glibc falls
-/// back to `clone`, whose flags the rules check. (BPF jumps are relative,
-/// so the program's own stay right.)
-fn refuse_clone3(program: BpfProgram) -> BpfProgram {
+/// Puts in front of `program` checks that answer each of `refusals`'
+/// calls with its errno instead of the trap:
+/// - `clone3` with ENOSYS: its arguments are in memory, out of a filter's
+///   reach, and glibc falls back to `clone`, whose flags the rules check;
+/// - opening a file, in a thread whose list has no `openat`, with EACCES:
+///   glibc opens its message catalogs the first time a thread formats an
+///   error (`strerror`), and does without them when it may not.
+///
+/// (BPF jumps are relative, so the program's own stay right.)
+fn with_soft_refusals(refusals: &[(i64, i32)], program: BpfProgram) -> BpfProgram {
     use seccompiler::sock_filter;
     const BPF_LD_W_ABS: u16 = 0x20;
     const BPF_JEQ_K: u16 = 0x15;
@@ -171,39 +184,18 @@ fn refuse_clone3(program: BpfProgram) -> BpfProgram {
     const SECCOMP_DATA_ARCH: u32 = 4;
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
     const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    // Only for x86-64 calls (the program proper checks the arch too).
+    let skip_all = 1 + 2 * refusals.len() as u8;
     let mut prefix = vec![
-        // Only for x86-64 calls (the program proper checks the arch too).
-        sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_DATA_ARCH,
-        },
-        sock_filter {
-            code: BPF_JEQ_K,
-            jt: 0,
-            jf: 3,
-            k: AUDIT_ARCH_X86_64,
-        },
-        sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_DATA_NR,
-        },
-        sock_filter {
-            code: BPF_JEQ_K,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_clone3 as u32,
-        },
-        sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-        },
+        op(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH),
+        op(BPF_JEQ_K, 0, skip_all, AUDIT_ARCH_X86_64),
+        op(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
     ];
+    for &(syscall, errno) in refusals {
+        prefix.push(op(BPF_JEQ_K, 0, 1, syscall as u32));
+        prefix.push(op(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno as u32));
+    }
     prefix.extend(program);
     prefix
 }

@@ -467,7 +467,10 @@ fn passt_killed_three_times_comes_back_each_time() -> TestResult {
         &out,
     )?;
     for (i, (_, sink)) in sinks.into_iter().enumerate() {
-        let got = sink.join().map_err(|_| "the sink panicked")??;
+        let got = sink
+            .join()
+            .map_err(|_| "the sink panicked")?
+            .map_err(|e| format!("after restart {}: {e}\n{}", i + 1, out.describe()))?;
         let file = format!("/tmp/b{}", i + 1);
         let sent = guest_sha_of(&text, &file).ok_or_else(|| {
             format!(
