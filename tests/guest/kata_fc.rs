@@ -512,6 +512,34 @@ fn container_rootfs(scratch: &Scratch) -> TestResult<PathBuf> {
     ext4_with(scratch, "container.ext4", "the container's root filesystem")
 }
 
+/// A loop device attached to a file, detached when dropped.
+struct LoopDevice {
+    path: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches `file` to the first free loop device.
+    fn attach(file: &Path) -> TestResult<Self> {
+        let _ = Command::new("modprobe").arg("loop").status();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("losetup failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Ok(Self { path })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
 /// Spawns `cmd` from a thread that entered the namespace with `setns`, as
 /// both drivers start the VMM in the pod's namespace (Go: `network.Run`;
 /// runtime-rs: `setns` in `pre_exec`): same mount namespace, /sys unchanged.
@@ -962,10 +990,16 @@ fn kata_runtime_rs_driver_replay() -> TestResult {
 
     // inner_device.rs: hotplug_block_device → fc_api.rs:
     // patch_container_rootfs, unjailed: the host path itself, rate_limiter
-    // null; then the agent mounts it.
+    // null; then the agent mounts it. The path is a host block device, as
+    // a snapshotter's (devmapper's /dev/dm-N) would be: a loop device here
+    // (beneath /dev, where ferry's Landlock rules let a drive come from).
     let container = container_rootfs(&scratch)?;
+    let loop_device = match LoopDevice::attach(&container) {
+        Ok(device) => device,
+        Err(e) => return fail(e.to_string()),
+    };
     let body = serde_json::json!({"drive_id": "drive1",
-                                  "path_on_host": container.display().to_string(),
+                                  "path_on_host": loop_device.path.display().to_string(),
                                   "rate_limiter": null})
     .to_string();
     if let Err(e) = rs_put(&mut client, "PATCH", "/drives/drive1", &body) {
