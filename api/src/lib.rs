@@ -78,3 +78,101 @@ pub enum Error {
     #[error("the request did not arrive whole within {0:?}")]
     RequestTimeout(std::time::Duration),
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing` only).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::io::{self, Write};
+    use std::net::Shutdown;
+    use std::os::unix::net::UnixStream;
+
+    use crate::{http, Error};
+
+    /// One request as the HTTP layer hands it to [`crate::route`].
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct HttpRequest {
+        /// The method, as sent.
+        pub method: String,
+        /// The request target, as sent.
+        pub path: String,
+        /// The body; empty when there is none.
+        pub body: Vec<u8>,
+        /// Whether the connection stays open after the answer.
+        pub keep_alive: bool,
+    }
+
+    impl From<http::HttpRequest> for HttpRequest {
+        fn from(r: http::HttpRequest) -> Self {
+            Self {
+                method: r.method,
+                path: r.path,
+                body: r.body,
+                keep_alive: r.keep_alive,
+            }
+        }
+    }
+
+    /// What the HTTP parser made of the bytes at the start of a buffer.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Parsed {
+        /// A whole request, which took the first `consumed` bytes.
+        Complete {
+            /// The request.
+            request: HttpRequest,
+            /// Bytes it took.
+            consumed: usize,
+        },
+        /// More bytes are needed.
+        Incomplete {
+            /// The head is whole and asks for `100 Continue`.
+            expect_continue: bool,
+        },
+    }
+
+    /// The server's parser on the bytes at the start of `buf`.
+    pub fn parse(buf: &[u8]) -> Result<Parsed, Error> {
+        Ok(match http::parse(buf)? {
+            http::Parsed::Complete { request, consumed } => Parsed::Complete {
+                request: request.into(),
+                consumed,
+            },
+            http::Parsed::Incomplete { expect_continue } => Parsed::Incomplete { expect_continue },
+        })
+    }
+
+    /// The bytes of an answer with this status and body, as the server writes them.
+    pub fn encode(status: u16, body: Option<&[u8]>, keep_alive: bool) -> Vec<u8> {
+        http::encode(status, body, keep_alive)
+    }
+
+    /// What the server's connection reader makes of a client that sends
+    /// `bytes` and shuts its side: the bytes that fitted the socket (all
+    /// of them unless it filled), the requests in order, and the error
+    /// that ended the connection (none for a close between requests).
+    pub fn read_connection(bytes: &[u8]) -> io::Result<(usize, Vec<HttpRequest>, Option<Error>)> {
+        let (server, mut client) = UnixStream::pair()?;
+        client.set_nonblocking(true)?;
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match client.write(&bytes[sent..]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        client.shutdown(Shutdown::Write)?;
+        let mut conn = http::Connection::new(server, http::REQUEST_TIMEOUT)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut requests = Vec::new();
+        loop {
+            match conn.next_request() {
+                Ok(Some(request)) => requests.push(request.into()),
+                Ok(None) => return Ok((sent, requests, None)),
+                Err(e) => return Ok((sent, requests, Some(e))),
+            }
+        }
+    }
+}

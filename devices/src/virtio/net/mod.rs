@@ -30,6 +30,14 @@ pub use rx::{RxBuffer, RxError};
 pub use tx::TxError;
 pub use worker::NetStats;
 
+/// Entry points for the fuzz targets in `fuzz/` (built with `--cfg fuzzing` only).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::tx::frame_of_chain;
+    pub use super::worker::{Delivery, RxSide};
+}
+
 /// virtio device id of a network card.
 pub const VIRTIO_ID_NET: u32 = virtio_ids::VIRTIO_ID_NET;
 /// Size of `struct virtio_net_hdr_v1` (with `num_buffers`), always present with VERSION_1.
@@ -258,18 +266,21 @@ impl VirtioDevice for Net {
         match self.backend.take() {
             Some(NetBackend::Tap(tap)) => {
                 let worker = data_path(parts, tap, acked);
-                self.worker
-                    .start(move |stop| worker.run(stop).map(NetBackend::Tap))
+                self.worker.start(move |stop| {
+                    worker.run(stop).map(NetBackend::Tap)
+                })
             }
             Some(NetBackend::Passt(passt)) => {
                 let worker = data_path(parts, passt, acked);
-                self.worker
-                    .start(move |stop| worker.run(stop).map(NetBackend::Passt))
+                self.worker.start(move |stop| {
+                    worker.run(stop).map(NetBackend::Passt)
+                })
             }
             None => {
                 let worker = worker::NetWorker::<Passt>::new(parts, None);
-                self.worker
-                    .start(move |stop| worker.run(stop).map(NetBackend::Passt))
+                self.worker.start(move |stop| {
+                    worker.run(stop).map(NetBackend::Passt)
+                })
             }
         }
     }

@@ -308,6 +308,47 @@ impl RxSide {
     }
 }
 
+/// Entry points for the fuzz targets in `fuzz/`: an RX side without a
+/// data path, and a look at the buffers it took.
+#[cfg(fuzzing)]
+impl RxSide {
+    /// An RX side over `queue`, as [`NetWorker::new`] makes it.
+    pub fn for_fuzzing(queue: Queue, mrg_rxbuf: bool, data_valid: bool) -> Self {
+        Self {
+            id: 0,
+            queue,
+            stash: VecDeque::new(),
+            stash_capacity: 0,
+            spare_segments: Vec::new(),
+            used: Vec::new(),
+            mrg_rxbuf,
+            data_valid,
+            stats: Arc::new(NetStats::default()),
+        }
+    }
+
+    /// Takes buffers from the ring until they hold `need` bytes, as
+    /// [`RxSide::deliver`] does first; false if the guest has not posted enough.
+    pub fn stock_for_fuzzing(&mut self, mem: &GuestMemory, need: usize) -> bool {
+        self.stock(mem, need)
+    }
+
+    /// The buffers taken from the ring and not yet used, in order.
+    pub fn stash_for_fuzzing(&self) -> Vec<RxBuffer> {
+        self.stash.iter().cloned().collect()
+    }
+
+    /// The bytes those buffers hold, as the RX side counts them.
+    pub fn stash_capacity_for_fuzzing(&self) -> usize {
+        self.stash_capacity
+    }
+
+    /// The RX queue.
+    pub fn queue_for_fuzzing(&self) -> &Queue {
+        &self.queue
+    }
+}
+
 /// Event tokens.
 const RX_KICK: u32 = 0;
 const TX_KICK: u32 = 1;
@@ -360,6 +401,7 @@ const SPARE_SEGMENT_LISTS: usize = 256;
 /// Outcome of offering one frame to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
+    /// Copied into the guest's buffers.
     Delivered,
     /// No room: the frame stays with the backend.
     NoBuffers,
