@@ -266,21 +266,18 @@ impl VirtioDevice for Net {
         match self.backend.take() {
             Some(NetBackend::Tap(tap)) => {
                 let worker = data_path(parts, tap, acked);
-                self.worker.start(move |stop| {
-                    worker.run(stop).map(NetBackend::Tap)
-                })
+                self.worker
+                    .start(move |stop| worker.run(stop).map(NetBackend::Tap))
             }
             Some(NetBackend::Passt(passt)) => {
                 let worker = data_path(parts, passt, acked);
-                self.worker.start(move |stop| {
-                    worker.run(stop).map(NetBackend::Passt)
-                })
+                self.worker
+                    .start(move |stop| worker.run(stop).map(NetBackend::Passt))
             }
             None => {
                 let worker = worker::NetWorker::<Passt>::new(parts, None);
-                self.worker.start(move |stop| {
-                    worker.run(stop).map(NetBackend::Passt)
-                })
+                self.worker
+                    .start(move |stop| worker.run(stop).map(NetBackend::Passt))
             }
         }
     }
