@@ -74,6 +74,25 @@ def footprint(pid):
     return rss, fds, threads
 
 
+def spawner_pss(ferry_pid):
+    """The proportional set size in KiB of ferry's passt spawner (a fork of
+    ferry: the pages it still shares with ferry count half), or 0."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/comm") as f:
+                comm = f.read().strip()
+            if comm == "ferry-spawner" and int(fields[1]) == ferry_pid:
+                with open(f"/proc/{name}/smaps_rollup") as f:
+                    return next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
+        except (OSError, ValueError, StopIteration, IndexError):
+            continue
+    return 0
+
+
 def recv_all(s):
     """Everything `s` receives until its peer closes."""
     data = b""
@@ -200,7 +219,8 @@ def soak(args, tmp):
         now = time.monotonic()
         if now >= next_sample:
             rss, fds, threads = footprint(ferry.pid)
-            samples.append({"t": round(now - start), "rss_kib": rss, "fds": fds, "threads": threads})
+            samples.append({"t": round(now - start), "rss_kib": rss, "fds": fds, "threads": threads,
+                            "spawner_pss_kib": spawner_pss(ferry.pid)})
             next_sample += 10
         if now >= next_kill:
             for pid in passt_pids():
@@ -244,7 +264,8 @@ def soak(args, tmp):
     ends = ("triple-faulted", "the guest reset", "exited with status", "the guest powered off")
     ended_by = next((l.strip() for sign in ends for l in text.splitlines() if sign in l), None)
     warm = samples[len(samples) // 5:]
-    band = {k: (min(s[k] for s in warm), max(s[k] for s in warm)) for k in ("rss_kib", "fds", "threads")} if warm else {}
+    band = {k: (min(s[k] for s in warm), max(s[k] for s in warm))
+            for k in ("rss_kib", "fds", "threads", "spawner_pss_kib")} if warm else {}
     flat = bool(warm) and (band["rss_kib"][1] - band["rss_kib"][0] <= RSS_BAND_KIB
                            and band["fds"][1] - band["fds"][0] <= FD_BAND
                            and band["threads"][1] - band["threads"][0] <= THREAD_BAND)
