@@ -8,5 +8,7 @@
 //! - [`landlock`]: the process can open only the files and sockets it
 //!   was given, and no new privileges can be gained by running a program.
 
+#![deny(missing_docs)]
+
 pub mod landlock;
 pub mod seccomp;

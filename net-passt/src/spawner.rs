@@ -38,7 +38,6 @@ const MAX_FDS: usize = 3;
 #[derive(Debug)]
 pub struct Spawner {
     control: Mutex<UnixDatagram>,
-    pid: u32,
 }
 
 static SPAWNER: OnceLock<Spawner> = OnceLock::new();
@@ -66,7 +65,6 @@ pub fn start() -> io::Result<()> {
             drop(theirs);
             let _ = SPAWNER.set(Spawner {
                 control: Mutex::new(ours),
-                pid: pid as u32,
             });
             log::debug!("passt spawner started (pid {pid})");
             Ok(())
@@ -86,11 +84,6 @@ pub fn seal() -> Result<(), Error> {
         Some(spawner) => spawner.ask(&[b"seal"], &[]).map(|_| ()),
         None => Ok(()),
     }
-}
-
-/// The spawner's process id, if ferry started one.
-pub fn pid() -> Option<u32> {
-    get().map(|s| s.pid)
 }
 
 impl Spawner {
@@ -417,7 +410,6 @@ mod tests {
         let server = std::thread::spawn(move || serve(&theirs));
         let spawner = Box::leak(Box::new(Spawner {
             control: Mutex::new(ours),
-            pid: std::process::id(),
         }));
         let dir = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
