@@ -67,6 +67,10 @@ fn make(call: &str) {
                 let mut features: libc::c_uint = 0;
                 libc::ioctl(0, 0x800454cf, &mut features);
             }
+            "tun_offload" => {
+                // TUNSETOFFLOAD on stdin: ENOTTY where it is allowed.
+                libc::ioctl(0, libc::TUNSETOFFLOAD, 0);
+            }
             "kvm_run" => {
                 // KVM_RUN on stdin: refused before it reaches a driver.
                 libc::ioctl(0, 0xae80, 0);
@@ -172,9 +176,11 @@ fn only_vsock_makes_unix_sockets() {
 }
 
 #[test]
-fn a_vcpu_may_use_kvm_ioctls_only() {
+fn of_the_tun_requests_only_a_vcpu_sets_offloads() {
+    assert_allowed(ThreadKind::Vcpu, "tun_offload");
     assert_refused(ThreadKind::Vcpu, "tun_ioctl", "ioctl");
     assert_refused(ThreadKind::Block, "tun_ioctl", "ioctl");
+    assert_refused(ThreadKind::Net, "tun_offload", "ioctl");
 }
 
 #[test]
