@@ -437,8 +437,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("echo-peer");
         // Arguments: -f -F FD --pid FILE. Ready at once (the pid file), then
-        // echo what comes in on FD back out on FD.
-        std::fs::write(&script, "#!/bin/sh\necho $$ > \"$5\"\nexec cat <&$3 >&$3\n").unwrap();
+        // echo what comes in on FD back out on FD (bash: dash refuses a
+        // descriptor over 9 in a redirection, and a test process has many).
+        std::fs::write(
+            &script,
+            "#!/bin/bash\necho $$ > \"$5\"\nexec cat <&$3 >&$3\n",
+        )
+        .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let config = PasstConfig {

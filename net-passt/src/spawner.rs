@@ -416,7 +416,7 @@ mod tests {
         let script = dir.join("echo-peer");
         std::fs::write(
             &script,
-            "#!/bin/sh\necho $$ > \"$5\"\necho started\nexec cat <&$3 >&$3\n",
+            "#!/bin/bash\necho $$ > \"$5\"\necho started\nexec cat <&$3 >&$3\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
