@@ -375,6 +375,28 @@ fn log_lines<R: std::io::Read>(source: R) {
     }
 }
 
+/// A stand-in passt for tests, in a directory of its own under the temp
+/// directory (`ferry-NAME-PID`): it takes passt's arguments (`-f -F FD
+/// --pid FILE`), is ready at once (the pid file), says `started` on stdout,
+/// then echoes what comes in on FD back out on FD. (bash: dash refuses a
+/// descriptor over 9 in a redirection, and a test process has many.)
+#[cfg(test)]
+pub(crate) fn echo_peer(name: &str) -> PasstConfig {
+    let dir = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("echo-peer");
+    std::fs::write(
+        &script,
+        "#!/bin/bash\necho $$ > \"$5\"\necho started\nexec cat <&$3 >&$3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    PasstConfig {
+        binary: script,
+        args: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,23 +455,8 @@ mod tests {
     /// the child gets its end as FD, and leaves once ferry's end closes.
     #[test]
     fn the_child_speaks_on_the_inherited_socket_and_is_stopped() {
-        let dir = std::env::temp_dir().join(format!("ferry-launcher-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("echo-peer");
-        // Arguments: -f -F FD --pid FILE. Ready at once (the pid file), then
-        // echo what comes in on FD back out on FD (bash: dash refuses a
-        // descriptor over 9 in a redirection, and a test process has many).
-        std::fs::write(
-            &script,
-            "#!/bin/bash\necho $$ > \"$5\"\nexec cat <&$3 >&$3\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let config = PasstConfig {
-            binary: script,
-            args: vec![],
-        };
+        let config = echo_peer("launcher");
+        let dir = config.binary.parent().unwrap().to_path_buf();
         let (mut passt, mut stream) = Passt::start(&config).unwrap();
         stream.write_all(b"ping").unwrap();
         let mut buf = [0u8; 4];

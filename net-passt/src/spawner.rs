@@ -402,7 +402,7 @@ mod tests {
     use std::io::{Read, Write};
 
     /// A spawner served by a thread of this process, and a stand-in passt
-    /// (the launcher's tests' echo peer) as its configuration.
+    /// ([`crate::launcher::echo_peer`]) as its configuration.
     fn spawner_on_a_thread(
         name: &str,
     ) -> (&'static Spawner, std::thread::JoinHandle<()>, PasstConfig) {
@@ -411,20 +411,7 @@ mod tests {
         let spawner = Box::leak(Box::new(Spawner {
             control: Mutex::new(ours),
         }));
-        let dir = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("echo-peer");
-        std::fs::write(
-            &script,
-            "#!/bin/bash\necho $$ > \"$5\"\necho started\nexec cat <&$3 >&$3\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let config = PasstConfig {
-            binary: script,
-            args: vec![],
-        };
+        let config = crate::launcher::echo_peer(name);
         (spawner, server, config)
     }
 
