@@ -84,44 +84,19 @@ build() {
     "${CARGO_FUZZ[@]}" build --fuzz-dir "$FUZZ_DIR"
 }
 
-mode=${1:-}
-case "$mode" in
-smoke)
-    [[ $# -eq 1 ]] || usage
+# run_all SECONDS CMIN: builds, then runs every target SECONDS on a copy
+# of its corpus, a summary line each; with CMIN=1 the new inputs are folded
+# into fuzz/corpus/<target> and minimised. Exits non-zero if any crashed.
+run_all() {
+    local seconds=$1 cmin=$2 failed=0 status t
     build
     read -ra list <<<"$(targets | tr '\n' ' ')"
-    total=${SMOKE_SECONDS:-60}
-    per=$((total / ${#list[@]}))
-    ((per >= 1)) || per=1
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
-    failed=0
-    for t in "${list[@]}"; do
-        mkdir -p "$work/$t"
-        cp -R "$FUZZ_DIR/corpus/$t/." "$work/$t/"
-        status=0
-        run_target "$t" "$per" "$work/$t" "$work/$t.log" || status=$?
-        summary "$t" "$work/$t.log" "$status"
-        if [[ $status -ne 0 ]]; then
-            failed=1
-            grep -E 'panicked at|ERROR: |SUMMARY: |Test unit written' "$work/$t.log" | head -n 8 >&2 || true
-        fi
-    done
-    exit "$failed"
-    ;;
-long)
-    [[ $# -ge 2 && $# -le 3 ]] || usage
-    seconds=$2
-    cmin=0
-    if [[ $# -eq 3 ]]; then
-        [[ $3 == --cmin ]] || usage
-        cmin=1
+    if [[ $seconds == per-target-of-smoke ]]; then
+        seconds=$((${SMOKE_SECONDS:-60} / ${#list[@]}))
+        ((seconds >= 1)) || seconds=1
     fi
-    build
-    read -ra list <<<"$(targets | tr '\n' ' ')"
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
-    failed=0
     for t in "${list[@]}"; do
         mkdir -p "$work/$t"
         cp -R "$FUZZ_DIR/corpus/$t/." "$work/$t/"
@@ -140,6 +115,22 @@ long)
         fi
     done
     exit "$failed"
+}
+
+mode=${1:-}
+case "$mode" in
+smoke)
+    [[ $# -eq 1 ]] || usage
+    run_all per-target-of-smoke 0
+    ;;
+long)
+    [[ $# -ge 2 && $# -le 3 ]] || usage
+    cmin=0
+    if [[ $# -eq 3 ]]; then
+        [[ $3 == --cmin ]] || usage
+        cmin=1
+    fi
+    run_all "$2" "$cmin"
     ;;
 *)
     usage
