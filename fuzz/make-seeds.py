@@ -352,6 +352,68 @@ def seeds_vsock_packet():
     return out
 
 
+def seeds_vsock_muxer():
+    """Scripts in vsock_muxer's step language (see the target's Step)."""
+    GUEST_SEND, POST_RX, CONNECT, SEND_LINE, HOST_WRITE, HOST_END, HOST_READ = range(7)
+    REQUEST, RESPONSE, RST, SHUTDOWN, RW, CREDIT_UPDATE, CREDIT_REQUEST = range(1, 8)
+
+    def guest(op, ports, credit=4, fwd=0, data=None):
+        """A well-formed guest packet: ports is bytes of the port choice
+        (mode then picks), credit/fwd the choices of buf_alloc/fwd_cnt,
+        data the length choice (RW) or None; one descriptor."""
+        b = bytes([GUEST_SEND, op]) + ports + bytes([credit, fwd])
+        b += bytes([data if data is not None else 1]) if op == RW else bytes([1])
+        return b + bytes([0, 0, 0, 0])  # no fault, flags 0, one descriptor, cut 0
+
+    def rx(count=8, size=5):
+        return bytes([POST_RX, count - 1, size])
+
+    to_port_1 = bytes([3, 0])          # guest port 1024 -> host port 1
+    reply = bytes([0, 0])              # answer the first key seen
+    out = {}
+    out["guest-connects-and-talks"] = b"".join([
+        rx(),
+        guest(REQUEST, to_port_1),
+        bytes([HOST_WRITE, 0, 2]),      # the server sends 4096 bytes
+        guest(RW, to_port_1, data=1),   # the guest sends 100
+        bytes([HOST_READ, 0]),
+        rx(),
+        guest(CREDIT_UPDATE, to_port_1, fwd=0),
+        guest(SHUTDOWN, to_port_1) + b"",
+        bytes([HOST_END, 0, 2]),
+        guest(RST, to_port_1),
+    ])
+    out["host-connects-through-the-hybrid-socket"] = b"".join([
+        rx(),
+        bytes([CONNECT]),
+        bytes([SEND_LINE, 0, 0, 3, 1, 0x10, 0x00]),  # CONNECT 1024, then 16 bytes
+        guest(RESPONSE, reply),
+        bytes([HOST_READ, 0]),
+        guest(RW, reply, data=2),
+        bytes([HOST_WRITE, 0, 3]),
+        rx(8, 7),
+        bytes([HOST_READ, 0]),
+        bytes([HOST_END, 0, 0]),
+        guest(SHUTDOWN, reply),
+        rx(),
+    ])
+    out["starved-then-credit"] = b"".join([
+        bytes([CONNECT]),
+        bytes([SEND_LINE, 0, 1, 3, 0]),
+        rx(1, 5),
+        guest(RESPONSE, reply, credit=2),
+        bytes([HOST_WRITE, 0, 3]),
+        rx(8, 5),
+        guest(CREDIT_UPDATE, reply, credit=4, fwd=0),
+        rx(8, 7),
+        guest(CREDIT_REQUEST, reply),
+        bytes([CONNECT, SEND_LINE, 1, 0, 2, 20]) + b"connect 1025 junk..." + bytes([1]),
+        bytes([CONNECT, SEND_LINE, 2, 1, 1]),    # a line with no newline
+        guest(REQUEST, bytes([1, 0, 2])),   # to host port 3: nobody serves it
+    ])
+    return out
+
+
 def seeds_vsock_connect_line():
     def op(code, arg=0):
         return bytes([code]) + struct.pack("<H", arg)
@@ -441,6 +503,7 @@ TARGETS = {
     "block_request": seeds_block_request,
     "vsock_packet": seeds_vsock_packet,
     "vsock_connect_line": seeds_vsock_connect_line,
+    "vsock_muxer": seeds_vsock_muxer,
     "api_http": seeds_api_http,
 }
 
