@@ -271,7 +271,11 @@ impl Connection {
                         "the connection was shut down in the middle of a request",
                     ))
                 }
-                Ok(n) => self.buf.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
+                Ok(n) => {
+                    let bytes = chunk.get(..n).unwrap_or(&[]);
+                    ferry_capture::bytes(ferry_capture::Input::Api, bytes);
+                    self.buf.extend_from_slice(bytes);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(

@@ -113,6 +113,8 @@ fn main() {
         println!("{}", config::cmdline_for(&cli.cmdline, transport));
         return;
     }
+    // Before any thread is confined (a no-op unless built to capture).
+    ferry_capture::init();
     if let Err(message) = prepare_confinement(&cli) {
         log::error!("{message}");
         std::process::exit(exit_status::VMM_FAILURE);

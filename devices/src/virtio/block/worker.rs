@@ -60,6 +60,7 @@ impl BlockWorker {
         // holds no image, and a swapped-out one is closed at once.
         let mut image = backing.snapshot();
         let used_any = drain(&mut self.queue, mem, name, "request", |chain| {
+            ferry_capture::chain(ferry_capture::Input::Block, &chain);
             let head = chain.head_index();
             match Request::parse(mem, chain) {
                 Ok(request) => {

@@ -162,6 +162,7 @@ impl RxSide {
                 return false;
             };
             recheck.made_progress();
+            ferry_capture::chain(ferry_capture::Input::NetRx, &chain);
             let segments = self.spare_segments.pop().unwrap_or_default();
             match RxBuffer::from_chain(mem, chain, segments) {
                 Ok(buf) => {
@@ -589,6 +590,7 @@ impl<B: Backend> NetWorker<B> {
                     break;
                 };
                 recheck.made_progress();
+                ferry_capture::chain(ferry_capture::Input::NetTx, &chain);
                 let head = chain.head_index();
                 let backend = self.p.backend.as_ref().expect("checked above");
                 match backend.frame_of_chain(&mem, chain) {

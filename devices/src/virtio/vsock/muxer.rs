@@ -397,7 +397,10 @@ impl Muxer {
         let room = client.line.room().min(buf.len());
         let verdict = match client.stream.read(&mut buf[..room]) {
             Ok(0) => Err("closed before its CONNECT line".to_owned()),
-            Ok(n) => client.line.push(&buf[..n]).map_err(|e| e.to_string()),
+            Ok(n) => {
+                ferry_capture::bytes(ferry_capture::Input::ConnectLine, &buf[..n]);
+                client.line.push(&buf[..n]).map_err(|e| e.to_string())
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
             Err(e) => Err(e.to_string()),
@@ -680,6 +683,7 @@ impl Muxer {
                 break;
             };
             recheck.made_progress();
+            ferry_capture::chain(ferry_capture::Input::VsockTx, &chain);
             let head = chain.head_index();
             let packet = packet::read_tx_chain(&mem, chain, self.guest_cid, &mut data);
             if let Err(e) = self.tx_queue.add_used(&mem, head, 0) {
@@ -916,6 +920,7 @@ impl Muxer {
             };
             self.rx_starved = false;
             let head = chain.head_index();
+            ferry_capture::chain(ferry_capture::Input::VsockRx, &chain);
             let used = match RxBuffer::new(&mem, chain) {
                 Ok(buffer) => self.fill(buffer, ops),
                 Err(e) => {

@@ -125,7 +125,10 @@ impl Backend for Passt {
                     Delivery::NoBuffers => return (delivered, RxStop::NoBuffers),
                 }
             }
-            match self.decoder.fill_from(&mut self.socket) {
+            match self.decoder.fill_from(&mut ferry_capture::Tee(
+                &mut self.socket,
+                ferry_capture::Input::PasstStream,
+            )) {
                 Ok(0) => {
                     return (
                         delivered,
