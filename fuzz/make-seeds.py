@@ -8,8 +8,19 @@ rewritten; other inputs in the corpus (from `fuzz/run.sh long N --cmin`)
 are left alone:
 
     python3 fuzz/make-seeds.py
+
+With --capture DIR it also turns traffic recorded by a ferry built with
+`--features capture` (FERRY_CAPTURE=DIR, e.g. while the guest tests run)
+into seeds named cap-<hash>: the guest's own descriptor chains (net TX and
+RX, block, vsock), passt's stream, CONNECT lines and API requests, a few
+of each shape:
+
+    python3 fuzz/make-seeds.py --capture /tmp/ferry-capture
 """
 
+import argparse
+import glob
+import hashlib
 import json
 import os
 import struct
@@ -508,7 +519,188 @@ TARGETS = {
 }
 
 
+# --- seeds from captured traffic ----------------------------------------------
+
+# Most seeds of one target taken from a capture, and of one shape.
+CAPTURED_PER_TARGET = 40
+# Room for a chain's data in a seed's memory image (after the rings).
+CHAIN_ROOM = (0x400, 0x4000)
+
+
+def records(path):
+    """The records of one capture file: (length u32 LE, bytes)*."""
+    with open(path, "rb") as f:
+        data = f.read()
+    at = 0
+    while at + 4 <= len(data):
+        (n,) = struct.unpack_from("<I", data, at)
+        if at + 4 + n > len(data):
+            break
+        yield data[at + 4:at + 4 + n]
+        at += 4 + n
+
+
+def captured(dir_, name):
+    """Every record of input `name`, file by file (one ferry process each)."""
+    for path in sorted(glob.glob(os.path.join(dir_, name + ".*"))):
+        yield list(records(path))
+
+
+def descriptors(record):
+    """A recorded chain: [(addr, len, flags, data)]."""
+    out, at = [], 0
+    while at + 18 <= len(record):
+        addr, length, flags, n = struct.unpack_from("<QIHI", record, at)
+        at += 18
+        out.append((addr, length, flags, record[at:at + n]))
+        at += n
+    return out
+
+
+def laid_out(chains, params=b"\0\0\0\0", flags=0, cut=None):
+    """Seed memory with `chains` as the guest laid them (lengths, flags and
+    the readable bytes; each buffer moved into the image, in order). A
+    buffer longer than `cut` is cut to it; None if they do not fit."""
+    q = Queue(params=params, flags=flags)
+    at, index = CHAIN_ROOM[0], 0
+    for chain in chains:
+        parts = []
+        for addr, length, dflags, data in chain:
+            if cut is not None:
+                length = min(length, cut)
+            if at + length > CHAIN_ROOM[1] or index + len(chain) > q.size:
+                return None
+            q.put(at, data[:length])
+            parts.append((at, length, bool(dflags & F_WRITE)))
+            at = (at + length + 15) & ~15
+        q.chain(index, parts)
+        index += len(parts)
+    return q.bytes()
+
+
+def pick(candidates):
+    """At most CAPTURED_PER_TARGET of (shape, seed) candidates: the first
+    of each shape, in order; None seeds (did not fit) skipped."""
+    chosen, shapes = [], set()
+    for shape, data in candidates:
+        if data is not None and shape not in shapes:
+            shapes.add(shape)
+            chosen.append(data)
+    return chosen[:CAPTURED_PER_TARGET]
+
+
+def frames_of(stream):
+    """passt's stream cut into frames (stops at a torn one)."""
+    out, at = [], 0
+    while at + 4 <= len(stream):
+        (n,) = struct.unpack_from("!I", stream, at)
+        if at + 4 + n > len(stream):
+            break
+        out.append(stream[at + 4:at + 4 + n])
+        at += 4 + n
+    return out
+
+
+def frame_shape(frame):
+    """(ethertype, IP protocol, TCP flags, size class) of a frame."""
+    ethertype = frame[12:14]
+    proto = frame[23] if ethertype == b"\x08\x00" and len(frame) > 23 else None
+    tcp = frame[14 + 20 + 13] if proto == 6 and len(frame) > 47 else None
+    return (ethertype, proto, tcp, len(frame).bit_length())
+
+
+def chain_shape(chain):
+    """Per descriptor: readable or writable, and its length's size class."""
+    return tuple((d[2] & F_WRITE, d[1].bit_length()) for d in chain)
+
+
+def seeds_from_capture(dir_):
+    """{target: [seed bytes]} from the records under dir_."""
+    out = {}
+    frames = [f for recs in captured(dir_, "passt_stream") for f in frames_of(b"".join(recs))]
+    # passt_frames: two real frames as passt sent them, read whole, and
+    # the first few again in small pieces.
+    whole = struct.pack("<8H", *([4096] * 8)) + bytes([0, 0])
+    pieces = struct.pack("<8H", 1, 3, 60, 1500, 7, 4096, 2, 9) + bytes([1, 0])
+    pairs = [(a, b) for a, b in zip(frames, frames[1:]) if len(a) + len(b) < 3000]
+    stream = b"".join
+    out["passt_frames"] = pick(((frame_shape(a), frame_shape(b)),
+                                whole + stream(struct.pack("!I", len(f)) + f for f in (a, b)))
+                               for a, b in pairs)
+    out["passt_frames"] += [pieces + s[len(pieces):] for s in out["passt_frames"][:4]]
+
+    # net_tx: the guest's TX chains (virtio-net header and frame).
+    tx = []
+    for recs in captured(dir_, "net_tx"):
+        for r in recs:
+            chain = descriptors(r)
+            data = b"".join(d[3] for d in chain)
+            tx.append(((chain_shape(chain), data[:2], frame_shape(data[12:])),
+                       laid_out([chain], params=b"\xff\x00\0\0")))
+    out["net_tx"] = pick(tx)
+
+    # net_rx: four of the guest's RX buffers (as it laid them out), frames
+    # of the sizes passt sent, with and without mergeable buffers.
+    sizes = [len(f) for f in frames] or [60]
+    rx = []
+    for recs in captured(dir_, "net_rx"):
+        for i in range(0, len(recs), 4):
+            chains = [descriptors(r) for r in recs[i:i + 4]]
+            n = sizes[(i // 4) % len(sizes)]
+            for flags in (2, 0):
+                params = bytes([3]) + struct.pack("<H", n) + b"\0"
+                rx.append(((flags, n.bit_length(), tuple(chain_shape(c) for c in chains)),
+                           laid_out(chains, params=params, flags=flags, cut=0xe00)))
+    out["net_rx"] = pick(rx)
+
+    # block_request: the guest's requests, the sector folded into the fuzz disk.
+    blk = []
+    for recs in captured(dir_, "block"):
+        for r in recs:
+            chain = descriptors(r)
+            if not chain or len(chain[0][3]) < 16:
+                continue
+            kind, _, sector = struct.unpack_from("<IIQ", chain[0][3])
+            head = struct.pack("<IIQ", kind, 0, sector % 24) + chain[0][3][16:]
+            chain[0] = chain[0][:3] + (head,)
+            blk.append(((kind, chain_shape(chain)), laid_out([chain], cut=0x2000)))
+    out["block_request"] = pick(blk)
+
+    # vsock_packet: the guest's TX packets (its CID as the target's) and RX buffers.
+    vs = []
+    for name in ("vsock_tx", "vsock_rx"):
+        for recs in captured(dir_, name):
+            for r in recs:
+                chain = descriptors(r)
+                data = b"".join(d[3] for d in chain)
+                cid = data[:4] if len(data) >= 44 else b"\3\0\0\0"
+                op = data[30:32] if len(data) >= 44 else b""
+                vs.append(((name, op, chain_shape(chain), (len(data) - 44).bit_length()),
+                           laid_out([chain], params=cid, cut=0x2000)))
+    out["vsock_packet"] = pick(vs)
+
+    # vsock_connect_line: each client's first bytes, whole and in pieces.
+    lines = [r for recs in captured(dir_, "connect_line") for r in recs]
+    out["vsock_connect_line"] = pick(((l[:8].lower(), p), bytes([len(l) % 48, p]) + l)
+                                     for l in lines for p in (0, 0x31))
+
+    # api_http: what clients sent, request by request.
+    def api_shape(d):
+        first = d.split(b"\r\n", 1)[0]
+        body = d.split(b"\r\n\r\n", 1)[-1]
+        try:
+            keys = tuple(sorted(json.loads(body))) if body else ()
+        except (ValueError, TypeError):
+            keys = ("?",)
+        return (first.rsplit(b" ", 1)[0], keys)
+    out["api_http"] = pick((api_shape(r), r) for recs in captured(dir_, "api") for r in recs)
+    return out
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--capture", metavar="DIR", help="also seeds from traffic recorded in DIR")
+    args = parser.parse_args()
     total = 0
     for target, make in TARGETS.items():
         d = os.path.join(CORPUS, target)
@@ -519,6 +711,13 @@ def main():
                 f.write(data)
             total += len(data)
     print("wrote %d bytes of seeds into %s" % (total, CORPUS))
+    if args.capture:
+        for target, seeds in seeds_from_capture(args.capture).items():
+            for data in seeds:
+                name = "cap-" + hashlib.sha256(data).hexdigest()[:16]
+                with open(os.path.join(CORPUS, target, name), "wb") as f:
+                    f.write(data)
+            print("%s: %d seeds from the capture" % (target, len(seeds)))
 
 
 if __name__ == "__main__":
