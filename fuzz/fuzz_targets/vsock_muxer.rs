@@ -482,10 +482,12 @@ impl World {
             }
             Some(Op::Rst) => self.unbind(key),
             Some(Op::Rw) => {
+                // The header's length, which may be less than the chain holds.
+                let data = &data[..(header.len as usize).min(data.len())];
                 state.guest_sent += data.len() as u64;
                 // Data for a key no host socket is behind goes nowhere.
                 if let Some(s) = state.socket {
-                    self.sockets[s].from_guest.extend_from_slice(&data);
+                    self.sockets[s].from_guest.extend_from_slice(data);
                 }
             }
             _ => {}
