@@ -679,6 +679,31 @@ def seeds_from_capture(dir_):
                            laid_out([chain], params=cid, cut=0x2000)))
     out["vsock_packet"] = pick(vs)
 
+    # vsock_muxer: the guest's packets in the order it sent them (headers
+    # as captured: ports, op, flags, credit, length; the data the target's
+    # own), after a client's CONNECT to port 1024 as Kata's runtime makes,
+    # with RX buffers posted and the host side writing and reading along.
+    mux = []
+    for recs in captured(dir_, "vsock_tx"):
+        steps = [bytes([1, 7, 5]), bytes([2]), bytes([3, 0, 0, 3, 0])]
+        for n, r in enumerate(recs[:48]):
+            data = b"".join(d[3] for d in descriptors(r))
+            if len(data) < 44:
+                continue
+            (src_port, dst_port, length, _type, op, flags, buf_alloc, fwd_cnt) = struct.unpack_from(
+                "<IIIHHIII", data, 16)
+            step = bytes([0, op % 9, 2]) + struct.pack("<II", src_port, dst_port)
+            step += bytes([5]) + struct.pack("<I", buf_alloc) + bytes([3]) + struct.pack("<I", fwd_cnt)
+            step += bytes([5]) + struct.pack("<H", min(length, 0xffff)) if op == 5 else bytes([1])
+            steps.append(step + bytes([0, flags % 5, 0, 0]))
+            if op == 5:
+                steps.append(bytes([6, 0, 4, 0, 2]))   # the client reads, then writes 4 KiB
+            if n % 8 == 7:
+                steps.append(bytes([1, 7, 5]))
+        if len(steps) > 3:
+            mux.append((len(mux), b"".join(steps)))
+    out["vsock_muxer"] = pick(mux)[:8]
+
     # vsock_connect_line: each client's first bytes, whole and in pieces.
     lines = [r for recs in captured(dir_, "connect_line") for r in recs]
     out["vsock_connect_line"] = pick(((l[:8].lower(), p), bytes([len(l) % 48, p]) + l)
